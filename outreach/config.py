@@ -1,0 +1,112 @@
+"""Settings: one typed object read from OUTREACH_* variables and an optional TOML file.
+
+Defaults keep everything on this machine: an SQLite file and a broker folder under
+OUTREACH_HOME, and SMTP to the local test mailbox (`outreach mailbox serve`) on 127.0.0.1:2525.
+Secrets (the SMTP password) come only from the environment and are never printed.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from outreach.errors import ConfigError
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+class Settings(BaseSettings):
+    """Every setting, its default and its variable (`OUTREACH_` + upper-case name)."""
+
+    model_config = SettingsConfigDict(env_prefix="OUTREACH_", extra="ignore")
+
+    home: Path = Field(Path(".outreach"), description="Folder for the default database and broker")
+    database_url: str = Field("", description="SQLAlchemy URL; default sqlite in OUTREACH_HOME")
+    broker_url: str = Field("", description="Celery broker; default a folder in OUTREACH_HOME")
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 2525
+    smtp_security: Literal["plain", "starttls", "ssl", ""] = Field(
+        "", description="Default: plain on loopback, starttls elsewhere"
+    )
+    smtp_username: str = ""
+    smtp_password: SecretStr = SecretStr("")
+    smtp_timeout: float = Field(30.0, gt=0, description="Seconds for each SMTP step")
+    smtp_ca_bundle: Path | None = None
+    smtp_allow_insecure_auth: bool = False
+    smtp_utf8: bool = Field(False, description="The server accepts SMTPUTF8 addresses")
+    sender: str = Field("", description='Default From, e.g. "Open Dialog <office@example.org>"')
+    message_id_domain: str = Field("", description="Right part of Message-IDs; default From's")
+    batch_size: int = Field(50, ge=1, description="Deliveries per task, over one SMTP connection")
+    worker_concurrency: int = Field(2, ge=1)
+    max_attempts: int = Field(8, ge=1, description="Sends tried before a delivery fails")
+    retry_base_seconds: float = Field(60.0, gt=0, description="First retry delay; doubles")
+    retry_max_seconds: float = Field(4 * 3600.0, gt=0)
+    visibility_timeout: int = Field(3600, ge=60, description="Seconds before Redis redelivers")
+    check_deliverability: bool = Field(False, description="DNS lookups when validating emails")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Environment first, then the TOML file named by OUTREACH_CONFIG (never a password)."""
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml = os.environ.get("OUTREACH_CONFIG")
+        if toml:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(toml)))
+        return tuple(sources)
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.home / 'outreach.db').resolve()}"
+
+    @property
+    def embedded_broker(self) -> bool:
+        """No broker configured: the worker runs inside the outreach process."""
+        return not self.broker_url
+
+    @property
+    def broker_folder(self) -> Path:
+        return (self.home / "broker").resolve()
+
+    @property
+    def effective_smtp_security(self) -> str:
+        if self.smtp_security:
+            return self.smtp_security
+        return "plain" if self.smtp_host in LOOPBACK else "starttls"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings now, mapping validation errors to one clear ConfigError."""
+    toml = os.environ.get("OUTREACH_CONFIG")
+    if toml and not Path(toml).is_file():
+        raise ConfigError(f"OUTREACH_CONFIG names {toml}, which is not a file")
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"OUTREACH_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            for e in exc.errors()
+        )
+        raise ConfigError(f"invalid settings: {problems}") from exc
+    return settings
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once (workers and the CLI share this)."""
+    return load_settings()

@@ -1,0 +1,229 @@
+"""The tables, as SQLAlchemy 2.0 typed models.
+
+Two axes on a delivery: `status` says what we did (the state machine in `deliveries.py` is the
+only code that changes it); `outcome` says what happened to the message afterwards (tracking).
+Rendered parts and attachment bytes are kept, so the message a recipient got can be rebuilt.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC in and out, on SQLite (which drops the zone) as on PostgreSQL."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC) if value is not None else None
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+class Role(StrEnum):
+    TO = "to"
+    CC = "cc"
+
+
+class Channel(StrEnum):
+    EMAIL = "email"
+    POST = "post"
+    FAX = "fax"
+
+
+class Status(StrEnum):
+    PENDING = "pending"
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    DEFERRED = "deferred"
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+    CANCELLED = "cancelled"
+    SUPPRESSED = "suppressed"
+
+
+class CampaignState(StrEnum):
+    DRAFT = "draft"
+    SENDING = "sending"
+    DONE = "done"
+
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON, list[str]: JSON}
+
+
+class Recipient(Base):
+    """An official or an office, as the registry knows them."""
+
+    __tablename__ = "recipients"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # Upsert key: the normalised address lower-cased, or "name|organisation" without email.
+    key: Mapped[str] = mapped_column(String(400), unique=True)
+    honorific: Mapped[str] = mapped_column(String(40), default="")
+    given_name: Mapped[str] = mapped_column(String(200), default="")
+    family_name: Mapped[str] = mapped_column(String(200), default="")
+    position: Mapped[str] = mapped_column(String(300), default="")
+    organisation: Mapped[str] = mapped_column(String(300), default="")
+    department: Mapped[str] = mapped_column(String(300), default="")
+    address_lines: Mapped[list[str]] = mapped_column(default=list)
+    city: Mapped[str] = mapped_column(String(200), default="")
+    postcode: Mapped[str] = mapped_column(String(40), default="")
+    country: Mapped[str] = mapped_column(String(2), default="")  # ISO 3166 alpha-2
+    email: Mapped[str | None] = mapped_column(String(320))
+    phone: Mapped[str] = mapped_column(String(40), default="")  # E.164
+    fax: Mapped[str] = mapped_column(String(40), default="")  # E.164
+    language: Mapped[str] = mapped_column(String(16), default="en")
+    salutation: Mapped[str] = mapped_column(String(300), default="")  # override
+    tags: Mapped[list[str]] = mapped_column(default=list)
+    notes: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    @property
+    def full_name(self) -> str:
+        return " ".join(p for p in (self.given_name, self.family_name) if p)
+
+    @property
+    def is_person(self) -> bool:
+        return bool(self.family_name)
+
+
+class Campaign(Base):
+    """One letter to a chosen set of recipients, each in a role (to or cc)."""
+
+    __tablename__ = "campaigns"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    template_dir: Mapped[str] = mapped_column(String(1000))
+    sender: Mapped[str] = mapped_column(String(400))  # "Name <address>"
+    reply_to: Mapped[str] = mapped_column(String(400), default="")
+    cc: Mapped[list[str]] = mapped_column(default=list)  # campaign-wide Cc addresses
+    bcc: Mapped[list[str]] = mapped_column(default=list)  # e.g. an archive copy
+    # Selectors such as "tag:principal", "org:Council of Europe", "email:a@b.eu", "id:7".
+    select_to: Mapped[list[str]] = mapped_column(default=list)
+    select_cc: Mapped[list[str]] = mapped_column(default=list)
+    state: Mapped[str] = mapped_column(String(20), default=CampaignState.DRAFT)
+    letter_date: Mapped[datetime | None] = mapped_column()  # the date written on the letter
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    deliveries: Mapped[list[Delivery]] = relationship(back_populates="campaign")
+
+
+class Delivery(Base):
+    """One message to one recipient of one campaign on one channel."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("campaign_id", "recipient_id", "channel"),
+        Index("ix_deliveries_campaign_status", "campaign_id", "status"),
+        Index("ix_deliveries_status_next", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"))
+    recipient_id: Mapped[int] = mapped_column(ForeignKey("recipients.id"))
+    role: Mapped[str] = mapped_column(String(4))
+    channel: Mapped[str] = mapped_column(String(8))
+    status: Mapped[str] = mapped_column(String(16), default=Status.PENDING)
+    outcome: Mapped[str] = mapped_column(String(24), default="")
+    message_id: Mapped[str] = mapped_column(String(300), unique=True)
+    address: Mapped[str] = mapped_column(String(320), default="")  # where it went, as sent
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    next_attempt_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column()
+    # What was sent: the headers in order, the rendered parts; attachments by sha256.
+    headers: Mapped[list[Any] | None] = mapped_column(JSON)
+    subject: Mapped[str] = mapped_column(Text, default="")
+    body_text: Mapped[str] = mapped_column(Text, default="")
+    body_html: Mapped[str | None] = mapped_column(Text)
+
+    campaign: Mapped[Campaign] = relationship(back_populates="deliveries")
+    recipient: Mapped[Recipient] = relationship()
+    attachments: Mapped[list[DeliveryAttachment]] = relationship(
+        order_by="DeliveryAttachment.position", cascade="all, delete-orphan"
+    )
+    events: Mapped[list[Event]] = relationship(order_by="Event.id", viewonly=True)
+
+
+class Event(Base):
+    """One change on a delivery (or a campaign): the history nobody rewrites."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    campaign_id: Mapped[int | None] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"))
+    delivery_id: Mapped[int | None] = mapped_column(
+        ForeignKey("deliveries.id", ondelete="CASCADE"), index=True
+    )
+    kind: Mapped[str] = mapped_column(String(32))  # "status", "outcome", "campaign", ...
+    from_status: Mapped[str] = mapped_column(String(16), default="")
+    to_status: Mapped[str] = mapped_column(String(16), default="")
+    detail: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Blob(Base):
+    """An attachment's bytes, stored once whatever the number of deliveries that carry it."""
+
+    __tablename__ = "blobs"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(Integer)
+    content_type: Mapped[str] = mapped_column(String(200))
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class DeliveryAttachment(Base):
+    __tablename__ = "delivery_attachments"
+
+    delivery_id: Mapped[int] = mapped_column(
+        ForeignKey("deliveries.id", ondelete="CASCADE"), primary_key=True
+    )
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"))
+    filename: Mapped[str] = mapped_column(String(500))
+
+    blob: Mapped[Blob] = relationship()
