@@ -1,0 +1,174 @@
+"""The delivery state machine: the one place that changes a delivery's send status.
+
+Every change is a compare-and-swap (`UPDATE ... WHERE id = :id AND status = :expected`) that
+writes an Event in the same transaction. Two workers racing for one delivery: one update matches a
+row, the other matches none and does nothing. A transition the table below does not allow raises
+TransitionError before touching the database.
+
+    pending ──> queued ──> sending ──> sent
+       │          │  ▲        │ ├────> deferred ──> queued (retry due)
+       │          │  └────────┘ ├────> failed
+       └──────────┴─> cancelled └────> unknown ──> queued (operator resends) / sent / failed
+                      suppressed
+
+`sending` is the uncertain window: committed before the message's DATA, left for `sent` (or
+another outcome) before the next DATA on the same connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert, update
+from sqlalchemy.orm import Session
+
+from outreach.errors import TransitionError
+from outreach.models import Delivery, Event, Status, utcnow
+
+ALLOWED: dict[Status, frozenset[Status]] = {
+    Status.PENDING: frozenset({Status.QUEUED, Status.CANCELLED, Status.SUPPRESSED}),
+    Status.QUEUED: frozenset(
+        {Status.SENDING, Status.QUEUED, Status.CANCELLED, Status.SUPPRESSED, Status.FAILED}
+    ),
+    Status.SENDING: frozenset({Status.SENT, Status.DEFERRED, Status.FAILED, Status.UNKNOWN}),
+    Status.DEFERRED: frozenset({Status.QUEUED, Status.CANCELLED, Status.FAILED}),
+    Status.UNKNOWN: frozenset({Status.QUEUED, Status.SENT, Status.FAILED}),
+    Status.SENT: frozenset(),
+    Status.FAILED: frozenset(),
+    Status.CANCELLED: frozenset(),
+    Status.SUPPRESSED: frozenset(),
+}
+
+FINAL = frozenset(s for s, nexts in ALLOWED.items() if not nexts)
+
+
+def check_allowed(source: Status, target: Status) -> None:
+    """Raise unless the table allows `source -> target`."""
+    if target not in ALLOWED[source]:
+        raise TransitionError(f"a delivery cannot go from {source} to {target}")
+
+
+def transition(
+    session: Session,
+    delivery_id: int,
+    source: Status,
+    target: Status,
+    *,
+    detail: str = "",
+    **values: Any,
+) -> bool:
+    """Move one delivery from `source` to `target` if it is still in `source`.
+
+    Returns False (and writes nothing) when another worker got there first. `values` are further
+    columns to set in the same update (attempts, last_error, next_attempt_at, ...).
+    """
+    check_allowed(source, target)
+    now = utcnow()
+    result = session.execute(
+        update(Delivery)
+        .where(Delivery.id == delivery_id, Delivery.status == source)
+        .values(status=target, updated_at=now, **values)
+        .returning(Delivery.campaign_id)
+    )
+    row = result.first()
+    if row is None:
+        return False
+    session.execute(
+        insert(Event).values(
+            campaign_id=row.campaign_id,
+            delivery_id=delivery_id,
+            kind="status",
+            from_status=source,
+            to_status=target,
+            detail=detail,
+            created_at=now,
+        )
+    )
+    return True
+
+
+def transition_many(
+    session: Session,
+    delivery_ids: Sequence[int],
+    source: Status,
+    target: Status,
+    *,
+    detail: str = "",
+    **values: Any,
+) -> list[int]:
+    """The bulk form of `transition`: returns the ids that moved (those still in `source`)."""
+    check_allowed(source, target)
+    now = utcnow()
+    moved: list[tuple[int, int]] = []
+    for chunk in _chunks(delivery_ids, 500):
+        result = session.execute(
+            update(Delivery)
+            .where(Delivery.id.in_(chunk), Delivery.status == source)
+            .values(status=target, updated_at=now, **values)
+            .returning(Delivery.id, Delivery.campaign_id)
+        )
+        moved.extend((r.id, r.campaign_id) for r in result)
+    if moved:
+        session.execute(
+            insert(Event),
+            [
+                {
+                    "campaign_id": campaign_id,
+                    "delivery_id": delivery_id,
+                    "kind": "status",
+                    "from_status": source,
+                    "to_status": target,
+                    "detail": detail,
+                    "created_at": now,
+                }
+                for delivery_id, campaign_id in moved
+            ],
+        )
+    return [delivery_id for delivery_id, _ in moved]
+
+
+def claim(session: Session, delivery_id: int) -> bool:
+    """Take a queued delivery for sending: the attempt is counted before the DATA goes out."""
+    return transition(
+        session,
+        delivery_id,
+        Status.QUEUED,
+        Status.SENDING,
+        attempts=Delivery.attempts + 1,
+        next_attempt_at=None,
+    )
+
+
+def mark_sent(session: Session, delivery_id: int, reply: str) -> bool:
+    return transition(
+        session,
+        delivery_id,
+        Status.SENDING,
+        Status.SENT,
+        detail=reply,
+        sent_at=utcnow(),
+        last_error="",
+    )
+
+
+def mark_failed(session: Session, delivery_id: int, reason: str, *, source: Status) -> bool:
+    return transition(session, delivery_id, source, Status.FAILED, detail=reason, last_error=reason)
+
+
+def mark_deferred(session: Session, delivery_id: int, reason: str, retry_at: datetime) -> bool:
+    return transition(
+        session,
+        delivery_id,
+        Status.SENDING,
+        Status.DEFERRED,
+        detail=f"{reason} (next attempt {retry_at:%Y-%m-%d %H:%M:%S} UTC)",
+        last_error=reason,
+        next_attempt_at=retry_at,
+    )
+
+
+def _chunks(items: Sequence[int], size: int) -> Iterable[Sequence[int]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

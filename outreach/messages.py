@@ -1,0 +1,201 @@
+"""From a campaign and one of its recipients to the bytes of that recipient's message.
+
+The one path used by `campaign check`, `preview`, `send --dry-run`, the workers, and
+`deliveries show --eml`: what was checked is what is sent, and what was sent can be rebuilt.
+A `Kit` holds what is the same for every message of a campaign (compiled templates, attachment
+bytes, the To and CC lists), so a worker prepares it once per campaign, not per message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from outreach import campaigns
+from outreach.compose import Attachment, MessageSpec, attachment_from_path, compose, format_address
+from outreach.errors import OutreachError
+from outreach.letters import (
+    LetterRenderer,
+    build_context,
+    load_template,
+    recipient_view,
+    template_problems,
+)
+from outreach.models import (
+    Blob,
+    Campaign,
+    Channel,
+    Delivery,
+    DeliveryAttachment,
+    Recipient,
+    Role,
+    utcnow,
+)
+
+
+@dataclass(frozen=True)
+class Kit:
+    """Everything a campaign's messages share."""
+
+    campaign: Campaign
+    renderer: LetterRenderer
+    attachments: tuple[Attachment, ...]
+    principals: tuple[dict[str, Any], ...]
+    copies: tuple[dict[str, Any], ...]
+    place: str
+    sender_info: dict[str, Any]
+
+    def letter_date(self) -> date:
+        return (self.campaign.letter_date or utcnow()).date()
+
+
+def load_kit(session: Session, campaign: Campaign) -> Kit:
+    """Load and compile the campaign's template and read its attachments, once."""
+    template = load_template(Path(campaign.template_dir))
+    people = campaigns.members(session, campaign)
+    return Kit(
+        campaign=campaign,
+        renderer=LetterRenderer(template),
+        attachments=tuple(attachment_from_path(p) for p in template.attachments),
+        principals=tuple(recipient_view(m.recipient) for m in people if m.role == Role.TO),
+        copies=tuple(recipient_view(m.recipient) for m in people if m.role == Role.CC),
+        place=template.place,
+        sender_info=dict(template.sender),
+    )
+
+
+def draft(kit: Kit, recipient: Recipient, message_id: str, when: datetime) -> MessageSpec:
+    """Render the letter for one recipient and address it to them (TemplateError, HeaderError)."""
+    view = recipient_view(recipient)
+    campaign = kit.campaign
+    context = build_context(
+        recipient=view,
+        campaign={"name": campaign.name, "sender": campaign.sender},
+        sender=kit.sender_info,
+        principals=list(kit.principals),
+        copies=list(kit.copies),
+        letter_date=kit.letter_date(),
+        place=kit.place,
+    )
+    letter = kit.renderer.render(context)
+    return MessageSpec(
+        message_id=message_id,
+        date=when,
+        sender=campaign.sender,
+        to=format_address(view["display_name"] or view["organisation"], recipient.email or ""),
+        cc=tuple(campaign.cc),
+        reply_to=campaign.reply_to,
+        subject=letter.subject,
+        text=letter.text,
+        html=letter.html,
+        attachments=kit.attachments,
+    )
+
+
+def keep(session: Session, delivery: Delivery, spec: MessageSpec) -> None:
+    """Store what is about to be sent on the delivery; attachment bytes once by sha256."""
+    delivery.headers = [
+        ["Message-ID", spec.message_id],
+        ["Date", spec.date.isoformat()],
+        ["From", spec.sender],
+        ["To", spec.to],
+        ["Cc", list(spec.cc)],
+        ["Reply-To", spec.reply_to],
+    ]
+    delivery.subject, delivery.body_text, delivery.body_html = spec.subject, spec.text, spec.html
+    stored = set(
+        session.scalars(
+            select(Blob.sha256).where(Blob.sha256.in_([a.sha256 for a in spec.attachments]))
+        )
+    )
+    for position, attachment in enumerate(spec.attachments):
+        if attachment.sha256 not in stored:
+            session.merge(
+                Blob(
+                    sha256=attachment.sha256,
+                    size=len(attachment.data),
+                    content_type=attachment.content_type,
+                    data=attachment.data,
+                )
+            )
+            stored.add(attachment.sha256)
+        delivery.attachments.append(
+            DeliveryAttachment(
+                position=position, sha256=attachment.sha256, filename=attachment.filename
+            )
+        )
+
+
+def kept_spec(delivery: Delivery) -> MessageSpec | None:
+    """The message as it was kept when sent, or None if it was never prepared."""
+    if delivery.headers is None:
+        return None
+    h = {name: value for name, value in delivery.headers}
+    return MessageSpec(
+        message_id=h["Message-ID"],
+        date=datetime.fromisoformat(h["Date"]),
+        sender=h["From"],
+        to=h["To"],
+        cc=tuple(h["Cc"]),
+        reply_to=h["Reply-To"],
+        subject=delivery.subject,
+        text=delivery.body_text,
+        html=delivery.body_html,
+        attachments=tuple(
+            Attachment(filename=a.filename, content_type=a.blob.content_type, data=a.blob.data)
+            for a in delivery.attachments
+        ),
+    )
+
+
+def rebuild(delivery: Delivery) -> bytes | None:
+    """The exact bytes that were sent (composition is deterministic)."""
+    spec = kept_spec(delivery)
+    return compose(spec) if spec is not None else None
+
+
+@dataclass
+class CheckReport:
+    """What `campaign check` found: problems stop a send; notes do not."""
+
+    problems: list[str]
+    notes: list[str]
+    drafts: list[tuple[Recipient, Role, MessageSpec]]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def check(session: Session, campaign: Campaign) -> CheckReport:
+    """Render and compose every message of the campaign, sending none; report every problem."""
+    report = CheckReport(
+        problems=template_problems(Path(campaign.template_dir)), notes=[], drafts=[]
+    )
+    if report.problems:
+        return report
+    kit = load_kit(session, campaign)
+    now = utcnow()
+    for member in campaigns.members(session, campaign):
+        who = _who(member.recipient)
+        if member.channel != Channel.EMAIL:
+            report.notes.append(f"{who}: no email address; to be reached by {member.channel}")
+            continue
+        try:
+            spec = draft(kit, member.recipient, f"<check-{member.recipient.id}@outreach>", now)
+            compose(spec)
+        except OutreachError as exc:
+            report.problems.append(f"{who}: {exc}")
+            continue
+        report.drafts.append((member.recipient, member.role, spec))
+    return report
+
+
+def _who(recipient: Recipient) -> str:
+    name = recipient.full_name or recipient.organisation
+    return f"{name} <{recipient.email}>" if recipient.email else name

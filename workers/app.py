@@ -1,0 +1,63 @@
+"""The Celery app, configured from outreach's settings.
+
+With OUTREACH_BROKER_URL (e.g. redis://...) tasks go to that broker and `celery -A workers worker`
+processes run them. Without it, the broker is a folder under OUTREACH_HOME (kombu's filesystem
+transport): no server to run, yet a real broker that the `outreach` process's own worker, or any
+other worker process on this machine, consumes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from outreach.config import Settings, get_settings
+
+SWEEP_SECONDS = 5.0
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery's settings, derived from ours: one place, read by workers, beat and the CLI."""
+    conf: dict[str, Any] = {
+        # The database is the truth; the broker only carries "send deliveries 3, 4, 5".
+        "task_ignore_result": True,
+        "task_acks_late": True,  # a worker that dies mid-task leaves its message to another
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,  # no worker sits on messages it is not working on
+        "worker_concurrency": settings.worker_concurrency,
+        "broker_connection_retry_on_startup": True,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "beat_schedule": {
+            "sweep": {"task": "outreach.sweep", "schedule": SWEEP_SECONDS},
+        },
+        "imports": ["workers.tasks"],
+    }
+    if settings.embedded_broker:
+        folder = settings.broker_folder
+        for sub in ("queue", "processed"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        conf["broker_url"] = "filesystem://localhost//"
+        conf["broker_transport_options"] = {
+            "data_folder_in": str(folder / "queue"),
+            "data_folder_out": str(folder / "queue"),
+            "processed_folder": str(folder / "processed"),
+            "store_processed": False,
+        }
+        conf["broker_polling_interval"] = 0.2
+        conf["beat_schedule_filename"] = str(folder / "beat-schedule")
+    else:
+        conf["broker_url"] = settings.broker_url
+        # Where kombu's Redis transport reads it: unacknowledged messages come back after this.
+        conf["broker_transport_options"] = {"visibility_timeout": settings.visibility_timeout}
+    return conf
+
+
+def make_app(settings: Settings) -> Celery:
+    app = Celery("outreach")
+    app.conf.update(celery_config(settings))
+    return app
+
+
+app = make_app(get_settings())
