@@ -96,7 +96,7 @@ class Recipient(Base):
     __tablename__ = "recipients"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    # Upsert key: the normalised address lower-cased, or "name|organisation" without email.
+    # Upsert key (registry.recipient_key): the address lower-cased, else name and organisation.
     key: Mapped[str] = mapped_column(String(400), unique=True)
     honorific: Mapped[str] = mapped_column(String(40), default="")
     given_name: Mapped[str] = mapped_column(String(200), default="")
