@@ -11,7 +11,9 @@
     ├── TransitionError           a delivery status change the state machine forbids
     └── SmtpError                 the SMTP conversation failed
         ├── TransientSmtpError    4xx, timeout, dropped connection: try again later
-        └── PermanentSmtpError    5xx: this message will never be accepted as it is
+        ├── PermanentSmtpError    5xx: this message will never be accepted as it is
+        └── UncertainSmtpError    silence after the message's final dot: it may have been
+                                  accepted, so it is never retried without an operator
 
 Foreign errors (csv, jinja2, smtplib, socket, ssl) are mapped where they enter, with their place
 in the message, and raised `from` the original.
@@ -77,4 +79,8 @@ class TransientSmtpError(SmtpError):
 
 
 class PermanentSmtpError(SmtpError):
+    pass
+
+
+class UncertainSmtpError(SmtpError):
     pass

@@ -23,7 +23,13 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 from outreach import deliveries
 from outreach.compose import compose, envelope_recipients
 from outreach.config import Settings
-from outreach.errors import OutreachError, PermanentSmtpError, TransientSmtpError
+from outreach.errors import (
+    ConfigError,
+    OutreachError,
+    PermanentSmtpError,
+    TransientSmtpError,
+    UncertainSmtpError,
+)
 from outreach.messages import Kit, draft, keep, kept_spec, load_kit
 from outreach.models import Campaign, Delivery, Status, utcnow
 from outreach.smtp import Transport
@@ -136,11 +142,26 @@ def _deliver(
 ) -> str:
     """Hand the message to the server and record what it said."""
     try:
-        refused = transport.send(sender=parseaddr(sender)[1], recipients=rcpts, data=data)
+        refused = transport.send(
+            sender=parseaddr(sender)[1],
+            recipients=rcpts,
+            data=data,
+            smtputf8=settings.smtp_utf8,
+        )
     except PermanentSmtpError as exc:
         deliveries.mark_failed(session, delivery_id, str(exc), source=Status.SENDING)
         return Status.FAILED
-    except TransientSmtpError as exc:
+    except UncertainSmtpError as exc:  # never retried without an operator: no second letter
+        deliveries.transition(
+            session,
+            delivery_id,
+            Status.SENDING,
+            Status.UNKNOWN,
+            detail=str(exc),
+            last_error=str(exc),
+        )
+        return Status.UNKNOWN
+    except (TransientSmtpError, ConfigError) as exc:  # nothing was sent; a fixed setting helps
         return _defer(session, delivery_id, attempts, str(exc), settings)
     mine = next((r for a, r in refused.items() if a.lower() == address.lower()), None)
     if mine is not None:

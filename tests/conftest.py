@@ -12,6 +12,7 @@ import psycopg
 import pytest
 
 from outreach import config, db
+from tests.smtpd import smtp_pki, smtp_server, tls_smtp_server  # noqa: F401
 
 PG_ADMIN = os.environ.get("OUTREACH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 

@@ -1,0 +1,377 @@
+"""The only code that speaks SMTP: one reused connection, TLS that verifies, AUTH only over TLS.
+
+Every failure is sorted once (`classify`) into the error tree:
+
+    TransientSmtpError   4xx, timeouts, refused or dropped connections: try again later
+    PermanentSmtpError   5xx: this message will never be accepted as it is
+    UncertainSmtpError   the connection failed after the message's final dot was sent and
+                         before the server's reply: it may have been accepted
+    ConfigError          the connection as configured cannot be made safely: STARTTLS not
+                         offered, certificate not trusted, AUTH refused or not over TLS
+
+Messages name `host:port`; `code` and `reply` keep the server's words. smtplib's debuglevel is
+never set (it would print the AUTH line); this module logs at debug level without the password.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import smtplib
+import ssl
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Literal, Protocol, Self, cast, get_args
+
+from outreach.errors import (
+    ConfigError,
+    OutreachError,
+    PermanentSmtpError,
+    SmtpError,
+    TransientSmtpError,
+    UncertainSmtpError,
+)
+
+if TYPE_CHECKING:
+    from outreach.config import Settings
+
+log = logging.getLogger("outreach.smtp")
+
+Security = Literal["plain", "starttls", "ssl"]
+SECURITIES: tuple[str, ...] = get_args(Security)
+
+_LEADING_DOT = re.compile(rb"(?m)^\.")
+
+Refused = dict[str, tuple[int, str]]
+"""Recipients the server refused while accepting the message for others: address -> reply."""
+
+
+class Transport(Protocol):
+    """What the send loop needs: an SMTP connection or, for a dry run, a capturing stand-in."""
+
+    def send(
+        self, *, sender: str, recipients: list[str], data: bytes, smtputf8: bool = False
+    ) -> Refused: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class CapturingTransport:
+    """Keeps (sender, recipients, data) of every message and refuses nothing: for --dry-run."""
+
+    sent: list[tuple[str, list[str], bytes]] = field(default_factory=list)
+
+    def send(
+        self, *, sender: str, recipients: list[str], data: bytes, smtputf8: bool = False
+    ) -> Refused:
+        self.sent.append((sender, list(recipients), data))
+        return {}
+
+    def close(self) -> None:
+        """Nothing to close; here so it can stand wherever an SmtpClient can."""
+
+
+def classify(code: int) -> type[SmtpError]:
+    """The one rule: a 4xx reply may succeed later; anything else will not get better."""
+    return TransientSmtpError if 400 <= code < 500 else PermanentSmtpError
+
+
+class SmtpClient:
+    """One SMTP connection, opened on the first send and reused for every message after it.
+
+    A reused connection is checked with RSET first (as Postfix does with cached connections), so
+    one the server closed while idle is reopened before the message rather than failing it.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        security: Security,
+        username: str = "",
+        password: str = "",
+        timeout: float,
+        ca_bundle: Path | None = None,
+        allow_insecure_auth: bool = False,
+        local_hostname: str | None = None,
+    ) -> None:
+        self.host, self.port, self.security = host, port, security
+        if security not in SECURITIES:
+            choices = " or ".join(SECURITIES)
+            raise ConfigError(f"{self.where}: smtp_security must be {choices}, not {security!r}")
+        if username and security == "plain" and not allow_insecure_auth:
+            raise ConfigError(
+                f"{self.where}: refusing to send the SMTP password without TLS; use starttls or "
+                "ssl, or set smtp_allow_insecure_auth for a server you trust on this network"
+            )
+        self._username, self._password = username, password
+        self._timeout, self._local_hostname = timeout, local_hostname
+        self._tls = None if security == "plain" else _tls_context(ca_bundle)
+        self._conn: smtplib.SMTP | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SmtpClient:
+        return cls(
+            host=settings.smtp_host,
+            port=settings.smtp_port,
+            security=cast(Security, settings.effective_smtp_security),
+            username=settings.smtp_username,
+            password=settings.smtp_password.get_secret_value(),
+            timeout=settings.smtp_timeout,
+            ca_bundle=settings.smtp_ca_bundle,
+            allow_insecure_auth=settings.smtp_allow_insecure_auth,
+        )
+
+    @property
+    def where(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def __repr__(self) -> str:
+        return f"SmtpClient({self.where}, {self.security}, user={self._username!r})"
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def send(
+        self, *, sender: str, recipients: list[str], data: bytes, smtputf8: bool = False
+    ) -> Refused:
+        """Send one message. Returns the recipients refused while others accepted it: the caller
+        must fail those deliveries. Raises an SmtpError when no recipient got it."""
+        if not recipients:
+            raise ValueError("a message needs at least one recipient")
+        conn = self._connection()
+        options = ["SMTPUTF8"] if smtputf8 else []
+        try:
+            raw = self._transaction(conn, sender, recipients, data, options)
+        except (OSError, UnicodeEncodeError) as exc:  # smtplib's errors are OSErrors
+            error = self._send_error(exc)
+            log.debug("%s: message from %s not sent: %s", self.where, sender, error)
+            raise error from exc
+        refused = {addr: (code, _text(reply)) for addr, (code, reply) in raw.items()}
+        log.debug(
+            "%s: message from %s (%d bytes) accepted for %d of %d recipient(s); refused: %s",
+            self.where,
+            sender,
+            len(data),
+            len(recipients) - len(refused),
+            len(recipients),
+            refused or "none",
+        )
+        return refused
+
+    def _transaction(
+        self,
+        conn: smtplib.SMTP,
+        sender: str,
+        recipients: list[str],
+        data: bytes,
+        options: list[str],
+    ) -> dict[str, tuple[int, bytes]]:
+        """smtplib's sendmail, step by step, so that a silence after the final dot (the message
+        may have been accepted) is told apart from every failure before it (it was not)."""
+        conn.ehlo_or_helo_if_needed()
+        if conn.does_esmtp and conn.has_extn("size"):
+            options = [*options, f"size={len(data)}"]
+        code, reply = conn.mail(sender, options)
+        if code != 250:
+            _abandon(conn, code)
+            raise smtplib.SMTPSenderRefused(code, reply, sender)
+        refused: dict[str, tuple[int, bytes]] = {}
+        for recipient in recipients:
+            code, reply = conn.rcpt(recipient)
+            if code not in (250, 251):
+                refused[recipient] = (code, reply)
+            if code == 421:
+                _abandon(conn, code)
+                raise smtplib.SMTPRecipientsRefused(refused)
+        if len(refused) == len(recipients):
+            _abandon(conn, 0)
+            raise smtplib.SMTPRecipientsRefused(refused)
+        code, reply = conn.docmd("data")
+        if code != 354:
+            _abandon(conn, code)
+            raise smtplib.SMTPDataError(code, reply)
+        body = _LEADING_DOT.sub(b"..", data)
+        conn.send(body + (b"" if body.endswith(b"\r\n") else b"\r\n") + b".\r\n")
+        try:
+            code, reply = conn.getreply()
+        except OSError as exc:  # SMTPServerDisconnected, a timeout, a reset
+            self._discard()
+            raise UncertainSmtpError(
+                f"{self.where}: no reply after the message was sent ({exc}); it may have been "
+                "accepted"
+            ) from exc
+        if code != 250:
+            _abandon(conn, code)
+            raise smtplib.SMTPDataError(code, reply)
+        return refused
+
+    def close(self) -> None:
+        """Say QUIT politely; a connection that is already gone is not worth an error."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            conn.quit()
+        except OSError:
+            pass
+        finally:
+            conn.close()
+        log.debug("%s: connection closed", self.where)
+
+    def _connection(self) -> smtplib.SMTP:
+        """The open connection if it still answers RSET, else a new one."""
+        if self._conn is not None and not self._answers(self._conn):
+            log.debug("%s: connection lost while idle; reconnecting", self.where)
+            self._discard()
+        if self._conn is None:
+            self._conn = self._open()
+        return self._conn
+
+    def _discard(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    @staticmethod
+    def _answers(conn: smtplib.SMTP) -> bool:
+        try:
+            return conn.rset()[0] == 250
+        except OSError:  # smtplib's errors are OSErrors, SMTPServerDisconnected among them
+            return False
+
+    def _open(self) -> smtplib.SMTP:
+        """Connect, secure and log in; every failure is mapped to one error naming host:port."""
+        log.debug("%s: connecting (%s, timeout %ss)", self.where, self.security, self._timeout)
+        try:
+            conn = self._dial()
+        except OSError as exc:
+            raise self._connect_error(exc) from exc
+        try:
+            self._prepare(conn)
+        except OutreachError:
+            conn.close()
+            raise
+        except OSError as exc:
+            conn.close()
+            raise self._connect_error(exc) from exc
+        return conn
+
+    def _dial(self) -> smtplib.SMTP:
+        """The timeout applies to the socket, so to every step of the conversation after it."""
+        if self.security == "ssl":
+            return smtplib.SMTP_SSL(
+                self.host,
+                self.port,
+                local_hostname=self._local_hostname,
+                timeout=self._timeout,
+                context=self._tls,
+            )
+        return smtplib.SMTP(
+            self.host, self.port, local_hostname=self._local_hostname, timeout=self._timeout
+        )
+
+    def _prepare(self, conn: smtplib.SMTP) -> None:
+        conn.ehlo_or_helo_if_needed()
+        if self.security == "starttls":
+            if not conn.has_extn("starttls"):
+                raise ConfigError(
+                    f"{self.where}: the server does not offer STARTTLS; refusing to send in "
+                    "clear (set smtp_security to ssl, or to plain only for a local server)"
+                )
+            conn.starttls(context=self._tls)
+            conn.ehlo()
+        if self._tls is not None:
+            log.debug("%s: TLS established: %s", self.where, _tls_summary(conn))
+        if self._username:
+            conn.login(self._username, self._password)
+            log.debug("%s: logged in as %s", self.where, self._username)
+
+    def _connect_error(self, exc: OSError) -> OutreachError:
+        """Map a failure before any message: what retrying cannot fix is a ConfigError."""
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return ConfigError(
+                f"{self.where}: TLS certificate verify failed ({exc.verify_message}); "
+                "set smtp_ca_bundle to the CA that issued the server's certificate"
+            )
+        if isinstance(exc, smtplib.SMTPAuthenticationError) and exc.smtp_code >= 500:
+            return ConfigError(
+                f"{self.where}: login as {self._username!r} refused: "
+                f"{exc.smtp_code} {_text(exc.smtp_error)}"
+            )
+        if isinstance(exc, smtplib.SMTPResponseException):
+            return self._reply_error("while connecting", exc.smtp_code, exc.smtp_error)
+        if isinstance(exc, smtplib.SMTPNotSupportedError):
+            return ConfigError(f"{self.where}: {exc} (needed to log in as {self._username!r})")
+        return TransientSmtpError(f"{self.where}: cannot connect: {exc}")
+
+    def _send_error(self, exc: OSError | UnicodeEncodeError) -> SmtpError:
+        """Map a failure of one message; the connection stays open where smtplib kept it."""
+        if isinstance(exc, smtplib.SMTPRecipientsRefused):
+            return self._all_refused(exc.recipients)
+        if isinstance(exc, smtplib.SMTPSenderRefused):
+            return self._reply_error("sender refused", exc.smtp_code, exc.smtp_error)
+        if isinstance(exc, smtplib.SMTPResponseException):
+            return self._reply_error("message refused", exc.smtp_code, exc.smtp_error)
+        if isinstance(exc, smtplib.SMTPNotSupportedError | UnicodeEncodeError):
+            return PermanentSmtpError(f"{self.where}: cannot send this message: {exc}")
+        self._discard()  # SMTPServerDisconnected (smtplib's name for timeouts and resets too)
+        return TransientSmtpError(f"{self.where}: connection lost: {exc}")
+
+    def _reply_error(self, what: str, code: int, reply: bytes | str) -> SmtpError:
+        text = _text(reply)
+        return classify(code)(f"{self.where}: {what}: {code} {text}", code=code, reply=text)
+
+    def _all_refused(self, recipients: dict[str, tuple[int, bytes]]) -> SmtpError:
+        """No recipient accepted: transient if any of them may accept later."""
+        replies = {addr: (code, _text(reply)) for addr, (code, reply) in recipients.items()}
+        detail = "; ".join(f"{addr}: {code} {text}" for addr, (code, text) in replies.items())
+        codes = [code for code, _ in replies.values()]
+        code = next((c for c in codes if classify(c) is TransientSmtpError), codes[0])
+        return classify(code)(
+            f"{self.where}: all recipients refused: {detail}", code=code, reply=detail
+        )
+
+
+def _abandon(conn: smtplib.SMTP, code: int) -> None:
+    """End a failed transaction as smtplib does: RSET, or close after a 421."""
+    try:
+        if code == 421:
+            conn.close()
+        else:
+            conn.rset()
+    except smtplib.SMTPServerDisconnected:
+        pass
+
+
+def _tls_context(ca_bundle: Path | None) -> ssl.SSLContext:
+    """Verifying, hostname checked: the system's CAs, or only the bundle's when one is given."""
+    try:
+        return ssl.create_default_context(cafile=ca_bundle)
+    except OSError as exc:  # a missing file or a bundle that is not PEM (ssl.SSLError)
+        raise ConfigError(f"smtp_ca_bundle {ca_bundle}: cannot load: {exc}") from exc
+
+
+def _tls_summary(conn: smtplib.SMTP) -> str:
+    sock = conn.sock
+    if not isinstance(sock, ssl.SSLSocket):
+        return "none"
+    cipher = sock.cipher()
+    return f"{sock.version()}, {cipher[0] if cipher else 'no cipher'}"
+
+
+def _text(reply: bytes | str) -> str:
+    """The server's words as one line of text, whatever bytes it sent."""
+    text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
+    return " ".join(text.split())

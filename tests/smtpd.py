@@ -1,0 +1,330 @@
+"""A real SMTP server for tests: aiosmtpd in a thread on 127.0.0.1, on a port of its own.
+
+It records every message it accepts (envelope and raw bytes), counts connections, and answers
+with faults set per recipient while it runs: a reply at RCPT or at DATA, or a connection dropped
+at DATA, always or only the first N times. Optionally TLS (STARTTLS or implicit) with a
+certificate from a test CA (trustme), and AUTH with USERNAME and PASSWORD.
+
+Fixtures: `smtp_pki` (session), `smtp_server` (plain, no AUTH) and `tls_smtp_server` (a factory).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import threading
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, Self
+
+import pytest
+import trustme
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+
+from outreach.mailbox import LocalController
+
+USERNAME = "outreach-test"
+PASSWORD = "Tr0ub4dor&3-never-in-a-log"
+
+Security = Literal["plain", "starttls", "ssl"]
+Stage = Literal["rcpt", "data", "drop"]
+
+
+@dataclass(frozen=True)
+class Pki:
+    """A test CA whose certificate for 127.0.0.1 and localhost the servers present, and an
+    unrelated CA: a client that trusts only the latter must refuse the server."""
+
+    cert: trustme.LeafCert
+    ca_pem: Path
+    other_ca_pem: Path
+
+    @classmethod
+    def create(cls, folder: Path) -> Pki:
+        ca, other = trustme.CA(), trustme.CA()
+        ca.cert_pem.write_to_path(str(folder / "ca.pem"))
+        other.cert_pem.write_to_path(str(folder / "other-ca.pem"))
+        cert = ca.issue_cert("127.0.0.1", "localhost")
+        return cls(cert, folder / "ca.pem", folder / "other-ca.pem")
+
+    def server_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.cert.configure_cert(context)
+        return context
+
+
+@dataclass(frozen=True)
+class Received:
+    """One accepted message, as the server saw it."""
+
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+    mail_options: list[str]
+    login: str | None  # who had logged in; None without AUTH
+    tls: bool
+
+
+@dataclass
+class Fault:
+    stage: Stage
+    address: str
+    reply: str
+    times: int | None  # None: every time; else this many times, then accept
+
+
+class RecordingServer:
+    """The server; a context manager, or start() and stop()."""
+
+    def __init__(
+        self,
+        security: Security = "plain",
+        *,
+        auth: bool = False,
+        auth_require_tls: bool = True,
+        pki: Pki | None = None,
+    ) -> None:
+        if security != "plain" and pki is None:
+            raise ValueError(f"a {security} server needs a Pki")
+        self.host, self.port = "127.0.0.1", 0
+        self.security, self.auth, self.pki = security, auth, pki
+        self.connections = 0
+        self.logins: list[tuple[str, bool]] = []  # (login, accepted) for every AUTH attempt
+        self._messages: list[Received] = []
+        self._faults: list[Fault] = []
+        self._lock = threading.Lock()
+        self._live: weakref.WeakSet[SMTP] = weakref.WeakSet()
+        self._controller = _Controller(
+            _Handler(self), self._connected, **self._smtp_options(auth_require_tls)
+        )
+
+    def _smtp_options(self, auth_require_tls: bool) -> dict[str, Any]:
+        options: dict[str, Any] = {
+            "hostname": self.host,
+            "port": 0,
+            "server_hostname": "localhost",
+            "decode_data": False,
+            "enable_SMTPUTF8": True,
+        }
+        if self.pki is not None and self.security == "ssl":
+            options["ssl_context"] = self.pki.server_context()
+        elif self.pki is not None and self.security == "starttls":
+            options["tls_context"] = self.pki.server_context()
+            options["require_starttls"] = True
+        if self.auth:
+            options["authenticator"] = self._authenticate
+            # aiosmtpd knows only STARTTLS as TLS: on implicit TLS it must not ask for more.
+            options["auth_require_tls"] = auth_require_tls and self.security == "starttls"
+        return options
+
+    def start(self) -> Self:
+        self._controller.start()
+        self.port = self._controller.port
+        with self._lock:  # forget the Controller's own trial connection
+            self.connections = 0
+        return self
+
+    def stop(self) -> None:
+        self._controller.stop()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def where(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def messages(self) -> list[Received]:
+        with self._lock:
+            return list(self._messages)
+
+    def settings_overrides(self) -> dict[str, object]:
+        """Settings that point at this server: `load_settings(**server.settings_overrides())`."""
+        return {
+            "smtp_host": self.host,
+            "smtp_port": self.port,
+            "smtp_security": self.security,
+            "smtp_username": USERNAME if self.auth else "",
+            "smtp_password": PASSWORD if self.auth else "",
+            "smtp_ca_bundle": self.pki.ca_pem if self.pki else None,
+            "smtp_allow_insecure_auth": self.auth and self.security == "plain",
+            "smtp_timeout": 5.0,
+        }
+
+    # --- faults, settable while the server runs ----------------------------------------------
+
+    def fail_rcpt(
+        self, address: str, code: int, text: str = "", *, times: int | None = None
+    ) -> None:
+        """Answer RCPT TO:<address> with `code text`."""
+        self._add_fault("rcpt", address, f"{code} {text or 'fault set by the test'}", times)
+
+    def fail_data(
+        self, address: str, code: int, text: str = "", *, times: int | None = None
+    ) -> None:
+        """Answer the end of DATA with `code text` for a message to address."""
+        self._add_fault("data", address, f"{code} {text or 'fault set by the test'}", times)
+
+    def drop_at_data(self, address: str, *, times: int | None = None) -> None:
+        """Close the connection, after reading the message to address, instead of replying."""
+        self._add_fault("drop", address, "", times)
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    def drop_connections(self) -> None:
+        """Close every open connection now, as a server does with idle ones."""
+
+        async def close_all() -> None:
+            for smtp in list(self._live):
+                if smtp.transport is not None:
+                    smtp.transport.close()
+
+        asyncio.run_coroutine_threadsafe(close_all(), self._controller.loop).result(5)
+
+    def _add_fault(self, stage: Stage, address: str, reply: str, times: int | None) -> None:
+        with self._lock:
+            self._faults.append(Fault(stage, address.lower(), reply, times))
+
+    def _take_fault(self, stage: Stage, addresses: list[str]) -> Fault | None:
+        """The first fault for this stage and one of these addresses, counted as used."""
+        wanted = {a.lower() for a in addresses}
+        with self._lock:
+            for fault in self._faults:
+                if fault.stage == stage and fault.address in wanted and fault.times != 0:
+                    if fault.times is not None:
+                        fault.times -= 1
+                    return fault
+        return None
+
+    # --- called from the server's thread -------------------------------------------------------
+
+    def _connected(self, smtp: SMTP) -> None:
+        with self._lock:
+            self.connections += 1
+            self._live.add(smtp)
+
+    def _record(self, message: Received) -> None:
+        with self._lock:
+            self._messages.append(message)
+
+    def _authenticate(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
+    ) -> AuthResult:
+        ok = isinstance(data, LoginPassword) and (data.login, data.password) == (
+            USERNAME.encode(),
+            PASSWORD.encode(),
+        )
+        login = data.login.decode("utf-8", "replace") if isinstance(data, LoginPassword) else ""
+        with self._lock:
+            self.logins.append((login, ok))
+        return AuthResult(success=ok, handled=False, auth_data=data)  # False: aiosmtpd says 535
+
+
+class _Controller(LocalController):
+    """Tells the server of every connection, so it can count and close them."""
+
+    def __init__(self, handler: object, on_connect: Callable[[SMTP], None], **kwargs: Any):
+        super().__init__(handler, **kwargs)
+        self._on_connect = on_connect
+
+    def factory(self) -> SMTP:
+        smtp = super().factory()
+        self._on_connect(smtp)
+        return smtp
+
+
+class _Handler:
+    """aiosmtpd hooks: faults first, then the ordinary answer; records what it accepts."""
+
+    def __init__(self, owner: RecordingServer) -> None:
+        self.owner = owner
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if self.owner.auth and not session.authenticated:
+            return "530 5.7.0 Authentication required"
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        fault = self.owner._take_fault("rcpt", [address])
+        if fault is not None:
+            return fault.reply
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self.owner._take_fault("drop", envelope.rcpt_tos) is not None:
+            assert server.transport is not None
+            server.transport.close()
+            return "421 never read: the connection is closed"
+        fault = self.owner._take_fault("data", envelope.rcpt_tos)
+        if fault is not None:
+            return fault.reply
+        self.owner._record(_received(server, session, envelope))
+        return "250 OK"
+
+
+def _received(server: SMTP, session: Session, envelope: Envelope) -> Received:
+    login = session.login_data
+    assert server.transport is not None
+    return Received(
+        mail_from=envelope.mail_from or "",
+        rcpt_tos=list(envelope.rcpt_tos),
+        data=envelope.original_content or b"",
+        mail_options=list(envelope.mail_options),
+        login=login.decode() if isinstance(login, bytes) else None,
+        tls=server.transport.get_extra_info("ssl_object") is not None,
+    )
+
+
+# --- fixtures ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def smtp_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return Pki.create(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[RecordingServer]:
+    """A plain server without AUTH, like a local relay."""
+    with RecordingServer() as server:
+        yield server
+
+
+@pytest.fixture
+def tls_smtp_server(smtp_pki: Pki) -> Iterator[Callable[..., RecordingServer]]:
+    """A factory: `tls_smtp_server("starttls" | "ssl" | "plain", auth=True,
+    auth_require_tls=True)` starts a server that stops when the test ends."""
+    with ExitStack() as stack:
+
+        def start(
+            security: Security = "starttls", *, auth: bool = True, auth_require_tls: bool = True
+        ) -> RecordingServer:
+            server = RecordingServer(
+                security, auth=auth, auth_require_tls=auth_require_tls, pki=smtp_pki
+            )
+            return stack.enter_context(server)
+
+        yield start

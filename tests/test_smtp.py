@@ -1,0 +1,271 @@
+"""SmtpClient against a real SMTP server (tests/smtpd.py): reuse, TLS, AUTH, how failures sort."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from outreach.config import load_settings
+from outreach.errors import (
+    ConfigError,
+    PermanentSmtpError,
+    TransientSmtpError,
+    UncertainSmtpError,
+)
+from outreach.smtp import CapturingTransport, SmtpClient, classify
+from tests.smtpd import PASSWORD, USERNAME, Pki, RecordingServer
+
+SENDER = "office@odfoundation.example"
+TO = "minister@gov.example"
+OTHER = "secretary@gov.example"
+MESSAGE = (
+    b"From: Open Dialog <office@odfoundation.example>\r\n"
+    b"To: minister@gov.example\r\n"
+    b"Subject: An open letter\r\n"
+    b"\r\n"
+    b"Dear Minister,\r\n"
+    b".a line that starts with a dot\r\n"
+)
+
+TlsServer = Callable[..., RecordingServer]
+
+
+def client_for(server: RecordingServer, **overrides: Any) -> SmtpClient:
+    """A client for this server, through the settings, as the workers make theirs."""
+    return SmtpClient.from_settings(load_settings(**{**server.settings_overrides(), **overrides}))
+
+
+def send(client: SmtpClient, *recipients: str, data: bytes = MESSAGE) -> dict:
+    return client.send(sender=SENDER, recipients=list(recipients or [TO]), data=data)
+
+
+def test_classify_4xx_transient_else_permanent() -> None:
+    assert classify(421) is TransientSmtpError
+    assert classify(451) is TransientSmtpError
+    assert classify(550) is PermanentSmtpError
+    assert classify(554) is PermanentSmtpError
+
+
+def test_one_connection_for_many_messages(smtp_server: RecordingServer) -> None:
+    with client_for(smtp_server) as client:
+        for _ in range(3):
+            assert send(client) == {}
+    assert smtp_server.connections == 1
+    assert [m.data for m in smtp_server.messages] == [MESSAGE] * 3
+    assert smtp_server.messages[0].mail_from == SENDER
+    assert smtp_server.messages[0].rcpt_tos == [TO]
+
+
+@pytest.mark.parametrize("security", ["starttls", "ssl"])
+def test_tls_and_auth_with_the_ca_bundle(tls_smtp_server: TlsServer, security: str) -> None:
+    server = tls_smtp_server(security)
+    with client_for(server) as client:
+        assert send(client) == {}
+    [message] = server.messages
+    assert (message.tls, message.login, message.data) == (True, USERNAME, MESSAGE)
+    assert server.logins == [(USERNAME, True)]
+
+
+@pytest.mark.parametrize("security", ["starttls", "ssl"])
+@pytest.mark.parametrize("trusted", ["other CA", "system CAs"])
+def test_untrusted_certificate_refused_before_anything_is_sent(
+    tls_smtp_server: TlsServer, smtp_pki: Pki, security: str, trusted: str
+) -> None:
+    server = tls_smtp_server(security)
+    ca_bundle = smtp_pki.other_ca_pem if trusted == "other CA" else None
+    client = client_for(server, smtp_ca_bundle=ca_bundle)
+    with client, pytest.raises(ConfigError, match="certificate verify failed") as caught:
+        send(client)
+    assert server.where in str(caught.value)
+    assert (server.messages, server.logins) == ([], [])
+
+
+def test_starttls_required_but_not_offered(smtp_server: RecordingServer) -> None:
+    client = client_for(smtp_server, smtp_security="starttls")
+    with client, pytest.raises(ConfigError, match="does not offer STARTTLS") as caught:
+        send(client)
+    assert smtp_server.where in str(caught.value)
+    assert smtp_server.messages == []
+
+
+def test_no_auth_without_tls(tls_smtp_server: TlsServer) -> None:
+    server = tls_smtp_server("plain", auth_require_tls=False)
+    with pytest.raises(ConfigError, match="without TLS"):
+        client_for(server, smtp_allow_insecure_auth=False)
+    assert server.connections == 0
+
+
+def test_auth_without_tls_when_allowed(tls_smtp_server: TlsServer) -> None:
+    server = tls_smtp_server("plain", auth_require_tls=False)
+    with client_for(server, smtp_allow_insecure_auth=True) as client:
+        send(client)
+    assert [(m.login, m.tls) for m in server.messages] == [(USERNAME, False)]
+
+
+def test_wrong_password_is_a_config_error(tls_smtp_server: TlsServer) -> None:
+    server = tls_smtp_server("starttls")
+    client = client_for(server, smtp_password="not-it")
+    with client, pytest.raises(ConfigError, match="login as 'outreach-test' refused: 535"):
+        send(client)
+    assert server.messages == []
+
+
+def test_password_in_no_log_record(
+    tls_smtp_server: TlsServer, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture
+) -> None:
+    """Nor on stderr, where smtplib's debuglevel would print the AUTH line."""
+    caplog.set_level(logging.DEBUG)
+    server = tls_smtp_server("starttls")
+    with client_for(server) as client:
+        send(client)
+    assert server.logins == [(USERNAME, True)]
+    assert any(r.name == "outreach.smtp" for r in caplog.records)
+    secrets = [
+        PASSWORD,
+        base64.b64encode(PASSWORD.encode()).decode(),
+        base64.b64encode(f"\0{USERNAME}\0{PASSWORD}".encode()).decode(),
+    ]
+    logged = caplog.text + "\n".join(r.getMessage() for r in caplog.records)
+    logged += "".join(capsys.readouterr())
+    assert [s for s in secrets if s in logged] == []
+
+
+def test_one_recipient_refused_the_other_gets_it(smtp_server: RecordingServer) -> None:
+    smtp_server.fail_rcpt(OTHER, 550, "5.1.1 No such mailbox here")
+    with client_for(smtp_server) as client:
+        refused = send(client, TO, OTHER)
+    assert refused == {OTHER: (550, "5.1.1 No such mailbox here")}
+    assert [m.rcpt_tos for m in smtp_server.messages] == [[TO]]
+
+
+def test_only_recipient_refused_is_permanent(smtp_server: RecordingServer) -> None:
+    smtp_server.fail_rcpt(TO, 550, "5.1.1 No such mailbox here")
+    with client_for(smtp_server) as client:
+        with pytest.raises(PermanentSmtpError) as caught:
+            send(client)
+        assert send(client, OTHER) == {}  # the connection is still good
+    assert caught.value.code == 550
+    assert "5.1.1 No such mailbox here" in caught.value.reply
+    assert smtp_server.where in str(caught.value) and TO in str(caught.value)
+    assert smtp_server.connections == 1
+
+
+def test_all_refused_with_a_4xx_among_them_is_transient(smtp_server: RecordingServer) -> None:
+    smtp_server.fail_rcpt(TO, 550, "5.1.1 No such mailbox here")
+    smtp_server.fail_rcpt(OTHER, 451, "4.2.0 Mailbox busy")
+    with client_for(smtp_server) as client, pytest.raises(TransientSmtpError) as caught:
+        send(client, TO, OTHER)
+    assert caught.value.code == 451
+    assert f"{TO}: 550" in str(caught.value) and f"{OTHER}: 451" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("stage", "code", "error"),
+    [
+        ("rcpt", 451, TransientSmtpError),
+        ("data", 451, TransientSmtpError),
+        ("data", 554, PermanentSmtpError),
+    ],
+)
+def test_reply_codes_sort_into_transient_and_permanent(
+    smtp_server: RecordingServer, stage: str, code: int, error: type[Exception]
+) -> None:
+    fail = smtp_server.fail_rcpt if stage == "rcpt" else smtp_server.fail_data
+    fail(TO, code, "said the server")
+    with client_for(smtp_server) as client, pytest.raises(error) as caught:
+        send(client)
+    assert caught.value.code == code
+    assert caught.value.reply.endswith(
+        f"{code} said the server" if stage == "rcpt" else "said the server"
+    )
+    assert smtp_server.where in str(caught.value)
+
+
+def test_silence_after_the_final_dot_is_uncertain_and_the_next_send_reconnects(
+    smtp_server: RecordingServer,
+) -> None:
+    """The server read the whole message, then hung up: it may have accepted it."""
+    smtp_server.drop_at_data(TO, times=1)
+    with client_for(smtp_server) as client:
+        with pytest.raises(UncertainSmtpError, match="may have been accepted"):
+            send(client)
+        assert send(client) == {}
+    assert len(smtp_server.messages) == 1
+    assert smtp_server.connections == 2
+
+
+def test_421_at_rcpt_is_transient_and_the_next_send_reconnects(
+    smtp_server: RecordingServer,
+) -> None:
+    smtp_server.fail_rcpt(TO, 421, "4.3.2 shutting down", times=1)
+    with client_for(smtp_server) as client:
+        with pytest.raises(TransientSmtpError, match="421"):
+            send(client)
+        assert send(client) == {}
+    assert len(smtp_server.messages) == 1
+
+
+def test_connection_closed_while_idle_is_reopened_without_error(
+    smtp_server: RecordingServer,
+) -> None:
+    with client_for(smtp_server) as client:
+        send(client)
+        smtp_server.drop_connections()
+        send(client)
+    assert len(smtp_server.messages) == 2
+    assert smtp_server.connections == 2
+
+
+def test_smtputf8_when_asked(smtp_server: RecordingServer) -> None:
+    address = "ministre@gouvernement.example"
+    with client_for(smtp_server) as client:
+        client.send(
+            sender="büro@odfoundation.example", recipients=[address], data=MESSAGE, smtputf8=True
+        )
+    [message] = smtp_server.messages
+    assert message.mail_from == "büro@odfoundation.example"
+    assert "SMTPUTF8" in message.mail_options
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A port that accepts TCP connections (the kernel does) and never says a word."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        yield listener.getsockname()[1]
+
+
+def test_server_that_never_greets_times_out(silent_port: int) -> None:
+    client = SmtpClient(host="127.0.0.1", port=silent_port, security="plain", timeout=1.0)
+    started = time.monotonic()
+    with pytest.raises(TransientSmtpError, match=f"127.0.0.1:{silent_port}"):
+        send(client)
+    assert time.monotonic() - started < 5
+
+
+def test_connection_refused_is_transient() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]  # closed when the block ends: nobody listens there
+    client = SmtpClient(host="127.0.0.1", port=port, security="plain", timeout=1.0)
+    with pytest.raises(TransientSmtpError, match=f"127.0.0.1:{port}: cannot connect"):
+        send(client)
+
+
+def test_missing_ca_bundle_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="smtp_ca_bundle"):
+        SmtpClient(
+            host="mail.example", port=465, security="ssl", timeout=1, ca_bundle=tmp_path / "no.pem"
+        )
+
+
+def test_capturing_transport_keeps_everything() -> None:
+    transport = CapturingTransport()
+    assert transport.send(sender=SENDER, recipients=[TO], data=MESSAGE) == {}
+    transport.close()
+    assert transport.sent == [(SENDER, [TO], MESSAGE)]
