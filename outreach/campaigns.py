@@ -172,7 +172,7 @@ def status_counts(
     query = select(Delivery.status, func.count()).where(Delivery.campaign_id == campaign.id)
     if channel is not None:
         query = query.where(Delivery.channel == channel)
-    return dict(session.execute(query.group_by(Delivery.status)).tuples())
+    return {status: n for status, n in session.execute(query.group_by(Delivery.status))}
 
 
 def _address(value: str) -> str:

@@ -480,12 +480,16 @@ def mailbox_list(
 
 
 def _print_mailbox(folder: Path) -> None:
-    table = Table("received", "to", "subject", "size", "file")
+    table = Table()
+    table.add_column("received", no_wrap=True, min_width=19)
+    table.add_column("to", no_wrap=True, overflow="ellipsis", max_width=30)
+    table.add_column("subject", no_wrap=True, overflow="ellipsis", max_width=26)
+    table.add_column("bytes", no_wrap=True, justify="right", min_width=6)
     items = mailbox.list_messages(folder)
     for m in items:
         table.add_row(
             f"{m.date:%Y-%m-%d %H:%M:%S}" if m.date else "",
-            escape(m.to), escape(m.subject), str(m.size), escape(str(m.path)),
+            escape(m.to), escape(m.subject), str(m.size),
         )  # fmt: skip
     out.print(table)
     out.print(f"{len(items)} message(s) in {folder}")
