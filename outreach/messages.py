@@ -87,7 +87,10 @@ def draft(kit: Kit, recipient: Recipient, message_id: str, when: datetime) -> Me
         message_id=message_id,
         date=when,
         sender=campaign.sender,
-        to=format_address(view["display_name"] or view["organisation"], recipient.email or ""),
+        to=format_address(
+            view["display_name"] or view["department"] or view["organisation"],
+            recipient.email or "",
+        ),
         cc=tuple(campaign.cc),
         reply_to=campaign.reply_to,
         subject=letter.subject,

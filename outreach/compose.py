@@ -1,0 +1,206 @@
+"""From a message's parts to its bytes, the same bytes every time.
+
+Composition is deterministic: multipart boundaries come from the Message-ID, text is always
+quoted-printable and attachments base64, so a message rebuilt later from its kept parts is
+byte for byte the one that was sent. Every header value is checked first: no CR, LF or NUL
+(header injection), and addresses must parse as one address each.
+
+    [multipart/mixed]            only with attachments
+      [multipart/alternative]    only with HTML
+        text/plain
+        text/html
+      attachment ...
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mimetypes
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from email.headerregistry import Address
+from email.message import EmailMessage, MIMEPart
+from email.policy import SMTP
+from email.utils import format_datetime
+from functools import cached_property
+from pathlib import Path
+
+from outreach.errors import AttachmentError, HeaderError
+
+# Headers compose writes itself; extra headers may not repeat them.
+OWN_HEADERS = frozenset(
+    h.lower()
+    for h in (
+        "Date", "From", "To", "Cc", "Bcc", "Reply-To", "Subject", "Message-ID", "MIME-Version",
+        "Content-Type", "Content-Transfer-Encoding", "Content-Disposition",
+    )
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Attachment:
+    filename: str
+    content_type: str
+    data: bytes
+
+    @cached_property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+    @cached_property
+    def part(self) -> MIMEPart:
+        """The encoded MIME part, built once and shared by every message that carries it."""
+        check_header("attachment filename", self.filename)
+        maintype, _, subtype = self.content_type.partition("/")
+        if not maintype or not subtype or any(c in self.content_type for c in " \t\r\n;"):
+            raise AttachmentError(f"{self.filename}: bad content type {self.content_type!r}")
+        part = MIMEPart(policy=SMTP)
+        part.set_content(
+            self.data, maintype, subtype, disposition="attachment", filename=self.filename
+        )
+        return part
+
+
+def attachment_from_path(path: Path) -> Attachment:
+    """Read a file as an attachment, its type guessed from its name."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise AttachmentError(f"{path}: {exc.strerror or exc}") from exc
+    content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return Attachment(filename=path.name, content_type=content_type, data=data)
+
+
+@dataclass(frozen=True)
+class MessageSpec:
+    """Everything a message is made of. The envelope (return path, Bcc) is not in it."""
+
+    message_id: str
+    date: datetime  # timezone-aware
+    sender: str  # "Name <address>"
+    to: str
+    subject: str
+    text: str
+    cc: tuple[str, ...] = ()
+    reply_to: str = ""
+    html: str | None = None
+    attachments: tuple[Attachment, ...] = ()
+    extra_headers: tuple[tuple[str, str], ...] = ()
+
+
+def check_header(name: str, value: str) -> None:
+    """Refuse a value that would end the header early and start another (header injection)."""
+    if any(c in value for c in "\r\n\0"):
+        raise HeaderError(f"{name}: line break or NUL in {value!r}")
+
+
+def parse_address(name: str, value: str) -> Address:
+    """The one address a header value holds, or HeaderError naming the header."""
+    check_header(name, value)
+    header = SMTP.header_factory(name, value)
+    addresses = getattr(header, "addresses", ())
+    if header.defects or len(addresses) != 1 or not addresses[0].domain:
+        raise HeaderError(f"{name}: {value!r} is not one usable email address")
+    return addresses[0]
+
+
+def format_address(name: str, email: str) -> str:
+    """One header value for a name and an address, quoting the name where it must be."""
+    check_header("display name", name)
+    check_header("address", email)
+    try:
+        address = Address(display_name=name, addr_spec=email)
+    except (ValueError, IndexError) as exc:  # the parser's errors for a bad or empty addr-spec
+        raise HeaderError(f"{email!r} is not a usable email address") from exc
+    if not address.domain:
+        raise HeaderError(f"{email!r} is not a usable email address")
+    return str(address)
+
+
+def make_message_id(domain: str) -> str:
+    """A new, unique Message-ID: "<uuid4hex@domain>"."""
+    if not domain or any(c in domain for c in "<>@ \t\r\n\0"):
+        raise HeaderError(f"Message-ID: {domain!r} is not a domain")
+    return f"<{uuid.uuid4().hex}@{domain}>"
+
+
+def envelope_recipients(spec: MessageSpec, bcc: Iterable[str] = ()) -> list[str]:
+    """The bare addresses for RCPT TO: To, Cc and Bcc, each once (case-insensitively)."""
+    seen: dict[str, str] = {}
+    headers = [("To", spec.to), *(("Cc", v) for v in spec.cc), *(("Bcc", v) for v in bcc)]
+    for header, value in headers:
+        address = parse_address(header, value).addr_spec
+        seen.setdefault(address.lower(), address)
+    return list(seen.values())
+
+
+def _headers(spec: MessageSpec) -> list[tuple[str, str]]:
+    """The top-level headers in order, each checked."""
+    if spec.date.tzinfo is None:
+        raise HeaderError(f"Date: {spec.date.isoformat()} has no timezone")
+    for name, value in [("From", spec.sender), ("To", spec.to), *(("Cc", v) for v in spec.cc)]:
+        parse_address(name, value)
+    if spec.reply_to:
+        parse_address("Reply-To", spec.reply_to)
+    check_header("Subject", spec.subject)
+    check_header("Message-ID", spec.message_id)
+    for name, value in spec.extra_headers:
+        if not name.isascii() or not name.replace("-", "").isalnum() or name.lower() in OWN_HEADERS:
+            raise HeaderError(f"{name!r} cannot be an extra header")
+        check_header(name, value)
+    headers = [
+        ("Date", format_datetime(spec.date)),
+        ("From", spec.sender),
+        ("To", spec.to),
+        ("Cc", ", ".join(spec.cc)),
+        ("Reply-To", spec.reply_to),
+        ("Subject", spec.subject),
+        ("Message-ID", spec.message_id),
+        *spec.extra_headers,
+    ]
+    return [(name, value) for name, value in headers if value]
+
+
+def _text_part(text: str, subtype: str) -> MIMEPart:
+    part = MIMEPart(policy=SMTP)
+    part.set_content(text, subtype=subtype, cte="quoted-printable")
+    return part
+
+
+def _multipart(subtype: str, parts: list[MIMEPart], boundary: str) -> MIMEPart:
+    container = MIMEPart(policy=SMTP)
+    container.add_header("Content-Type", f"multipart/{subtype}", boundary=boundary)
+    container.set_payload(parts)
+    return container
+
+
+def _boundary(message_id: str, index: int) -> str:
+    """A boundary fixed by the message: "=_" never occurs in quoted-printable or base64."""
+    digest = hashlib.sha256(f"{message_id}/{index}".encode()).hexdigest()[:32]
+    return f"=_outreach_{digest}"
+
+
+def build_message(spec: MessageSpec) -> EmailMessage:
+    """The message as an EmailMessage (HeaderError, AttachmentError)."""
+    message = EmailMessage(policy=SMTP)
+    for name, value in _headers(spec):
+        message[name] = value
+    message["MIME-Version"] = "1.0"
+    body = _text_part(spec.text, "plain")
+    if spec.html is not None:
+        alternatives = [body, _text_part(spec.html, "html")]
+        body = _multipart("alternative", alternatives, _boundary(spec.message_id, 1))
+    if spec.attachments:
+        parts = [body, *(a.part for a in spec.attachments)]
+        body = _multipart("mixed", parts, _boundary(spec.message_id, 0))
+    for name, value in body.items():  # the body's content headers go on the message itself
+        message[name] = value
+    message.set_payload(body.get_payload())
+    return message
+
+
+def compose(spec: MessageSpec) -> bytes:
+    """The message's bytes, CRLF line ends, ready for SMTP DATA; the same for the same spec."""
+    return build_message(spec).as_bytes()

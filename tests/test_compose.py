@@ -1,0 +1,254 @@
+"""Composition: structure, encodings of non-ASCII names, determinism, header checks."""
+
+from __future__ import annotations
+
+import dataclasses
+import email
+import email.policy
+import hashlib
+import re
+from datetime import UTC, datetime, timedelta, timezone
+from email.message import EmailMessage, MIMEPart
+from pathlib import Path
+
+import pytest
+
+from outreach.compose import (
+    Attachment,
+    MessageSpec,
+    attachment_from_path,
+    check_header,
+    compose,
+    envelope_recipients,
+    format_address,
+    make_message_id,
+)
+from outreach.errors import AttachmentError, HeaderError
+
+PDF = b"%PDF-1.4\n" + bytes(range(256)) * 400 + b"\n%%EOF\n"
+
+
+def spec(**changes: object) -> MessageSpec:
+    base = MessageSpec(
+        message_id="<2f1c@odfoundation.eu>",
+        date=datetime(2017, 11, 7, 9, 30, tzinfo=timezone(timedelta(hours=1))),
+        sender=format_address("Open Dialog Foundation", "office@odfoundation.eu"),
+        to=format_address("Mr Thorbjørn Jagland", "thorbjorn.jagland@coe.int"),
+        cc=(format_address("Wolfgang Schäuble", "wolfgang.schaeuble@bundestag.de"),),
+        reply_to="replies@odfoundation.eu",
+        subject="Offener Brief an den Präsidenten des Bundestages",
+        text="Sehr geehrter Herr Präsident,\n\nText.\n",
+        html="<p>Sehr geehrter Herr Präsident,</p>\n",
+        attachments=(Attachment("Präsident-Brief 2017.pdf", "application/pdf", PDF),),
+    )
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+def parse(data: bytes) -> EmailMessage:
+    message = email.message_from_bytes(data, policy=email.policy.default)
+    assert isinstance(message, EmailMessage)
+    return message
+
+
+def text_of(part: MIMEPart | None) -> str:
+    """A text part's content with the wire's CRLF line ends read back as "\\n"."""
+    assert part is not None
+    return part.get_content().replace("\r\n", "\n")
+
+
+def test_headers_decode_to_the_original_strings() -> None:
+    data = compose(spec())
+    assert data.isascii()  # non-ASCII only ever encoded
+    message = parse(data)
+    assert message["From"] == "Open Dialog Foundation <office@odfoundation.eu>"
+    assert message["To"] == "Mr Thorbjørn Jagland <thorbjorn.jagland@coe.int>"
+    assert message["To"].addresses[0].display_name == "Mr Thorbjørn Jagland"
+    assert message["Cc"] == "Wolfgang Schäuble <wolfgang.schaeuble@bundestag.de>"
+    assert message["Reply-To"] == "replies@odfoundation.eu"
+    assert message["Subject"] == "Offener Brief an den Präsidenten des Bundestages"
+    assert message["Message-ID"] == "<2f1c@odfoundation.eu>"
+    assert message["Date"].datetime == spec().date
+    assert message["MIME-Version"] == "1.0"
+    assert b"=?utf-8?" in data  # RFC 2047 encoded words
+
+
+def test_structure_and_content_types() -> None:
+    message = parse(compose(spec()))
+    assert [part.get_content_type() for part in message.walk()] == [
+        "multipart/mixed",
+        "multipart/alternative",
+        "text/plain",
+        "text/html",
+        "application/pdf",
+    ]
+    assert text_of(message.get_body(("plain",))) == "Sehr geehrter Herr Präsident,\n\nText.\n"
+    assert text_of(message.get_body(("html",))) == "<p>Sehr geehrter Herr Präsident,</p>\n"
+
+
+def test_attachment_bytes_and_rfc2231_filename() -> None:
+    data = compose(spec())
+    (attachment,) = parse(data).iter_attachments()
+    assert attachment.get_filename() == "Präsident-Brief 2017.pdf"
+    assert attachment.get_content_disposition() == "attachment"
+    assert hashlib.sha256(attachment.get_content()).hexdigest() == spec().attachments[0].sha256
+    assert b"filename*=utf-8''Pr%C3%A4sident-Brief%202017.pdf" in data
+
+
+def test_text_only_and_without_html() -> None:
+    plain = parse(compose(spec(html=None, attachments=())))
+    assert plain.get_content_type() == "text/plain"
+    assert text_of(plain) == "Sehr geehrter Herr Präsident,\n\nText.\n"
+    mixed = parse(compose(spec(html=None)))
+    assert [p.get_content_type() for p in mixed.walk()] == [
+        "multipart/mixed",
+        "text/plain",
+        "application/pdf",
+    ]
+    alternative = parse(compose(spec(attachments=())))
+    assert alternative.get_content_type() == "multipart/alternative"
+
+
+def test_deterministic_bytes() -> None:
+    first = compose(spec())
+    again = compose(spec())  # a new spec, new attachment objects
+    assert first == again
+    rebuilt = spec(attachments=(Attachment("Präsident-Brief 2017.pdf", "application/pdf", PDF),))
+    assert compose(rebuilt) == first
+    boundaries = set(re.findall(rb'boundary="([^"]+)"', first))
+    assert len(boundaries) == 2 and all(b.startswith(b"=_outreach_") for b in boundaries)
+    assert compose(spec(message_id="<other@odfoundation.eu>")) != first
+
+
+def test_crlf_line_ends_and_short_lines() -> None:
+    data = compose(spec(text="x" * 500 + "\n"))
+    assert b"\n" not in data.replace(b"\r\n", b"")
+    assert max(len(line) for line in data.split(b"\r\n")) <= 78
+
+
+def test_a_shared_attachment_part_serves_many_messages() -> None:
+    shared = Attachment("letter.pdf", "application/pdf", PDF)
+    one = compose(spec(attachments=(shared,), message_id="<1@x.org>"))
+    two = compose(spec(attachments=(shared,), message_id="<2@x.org>"))
+    assert one != two
+    for data in (one, two):
+        (attachment,) = parse(data).iter_attachments()
+        assert attachment.get_content() == PDF
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"subject": "Letter\r\nBcc: everyone@example.org"},
+        {"subject": "Letter\nX: y"},
+        {"subject": "Letter\0"},
+        {"to": "Mr Jagland\r\nBcc: x@example.org <thorbjorn.jagland@coe.int>"},
+        {"sender": "Open Dialog\n <office@odfoundation.eu>"},
+        {"cc": ("a@example.org\r\nBcc: b@example.org",)},
+        {"reply_to": "x@example.org\n"},
+        {"message_id": "<1@x.org>\r\nBcc: b@example.org"},
+        {"extra_headers": (("X-Campaign", "kz\r\nBcc: b@example.org"),)},
+    ],
+)
+def test_line_breaks_in_headers_are_refused(changes: dict[str, object]) -> None:
+    with pytest.raises(HeaderError, match="line break or NUL"):
+        compose(spec(**changes))
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"to": "Jagland"},
+        {"to": "a@example.org, b@example.org"},
+        {"to": ""},
+        {"sender": "Open Dialog Foundation"},
+        {"cc": ("nobody",)},
+        {"reply_to": "@"},
+    ],
+)
+def test_unusable_addresses_are_refused(changes: dict[str, object]) -> None:
+    with pytest.raises(HeaderError, match="not one usable email address"):
+        compose(spec(**changes))
+
+
+def test_naive_date_is_refused() -> None:
+    with pytest.raises(HeaderError, match="Date: .* no timezone"):
+        compose(spec(date=datetime(2017, 11, 7, 9, 30)))
+
+
+def test_extra_headers_are_added_but_cannot_replace_ours() -> None:
+    message = parse(compose(spec(extra_headers=(("X-Outreach-Campaign", "kazakhstan-2017"),))))
+    assert message["X-Outreach-Campaign"] == "kazakhstan-2017"
+    for name in ("Subject", "bcc", "X Bad", "Ünïcode"):
+        with pytest.raises(HeaderError, match="cannot be an extra header"):
+            compose(spec(extra_headers=((name, "x"),)))
+
+
+def test_check_header_names_header_and_value() -> None:
+    check_header("Subject", "Präsident")
+    with pytest.raises(HeaderError, match=r"^Subject: line break or NUL in 'a\\nb'$"):
+        check_header("Subject", "a\nb")
+
+
+def test_format_address() -> None:
+    assert format_address("Mr Thorbjørn Jagland", "thorbjorn.jagland@coe.int") == (
+        "Mr Thorbjørn Jagland <thorbjorn.jagland@coe.int>"
+    )
+    assert format_address("Jagland, Thorbjørn", "t@coe.int") == '"Jagland, Thorbjørn" <t@coe.int>'
+    assert format_address("", "t@coe.int") == "t@coe.int"
+    for name, address in [("x", ""), ("x", "no-at-sign"), ("x\ny", "t@coe.int"), ("x", "a@b\r\n")]:
+        with pytest.raises(HeaderError):
+            format_address(name, address)
+
+
+def test_envelope_recipients_bare_and_once() -> None:
+    recipients = envelope_recipients(
+        spec(),
+        [
+            "archive@odfoundation.eu",
+            "Thorbjorn.Jagland@COE.int",
+            "Archive <ARCHIVE@odfoundation.eu>",
+        ],
+    )
+    assert recipients == [
+        "thorbjorn.jagland@coe.int",
+        "wolfgang.schaeuble@bundestag.de",
+        "archive@odfoundation.eu",
+    ]
+
+
+def test_make_message_id() -> None:
+    first, second = make_message_id("odfoundation.eu"), make_message_id("odfoundation.eu")
+    assert re.fullmatch(r"<[0-9a-f]{32}@odfoundation\.eu>", first)
+    assert first != second
+    for domain in ("", "a b", "x@y", "x>\r\n"):
+        with pytest.raises(HeaderError):
+            make_message_id(domain)
+
+
+def test_attachment_from_path(tmp_path: Path) -> None:
+    (tmp_path / "Brief.pdf").write_bytes(PDF)
+    (tmp_path / "data.unknownext").write_bytes(b"\0\1")
+    pdf = attachment_from_path(tmp_path / "Brief.pdf")
+    assert (pdf.filename, pdf.content_type, pdf.data) == ("Brief.pdf", "application/pdf", PDF)
+    assert pdf.sha256 == hashlib.sha256(PDF).hexdigest()
+    assert attachment_from_path(tmp_path / "data.unknownext").content_type == (
+        "application/octet-stream"
+    )
+    with pytest.raises(AttachmentError, match="gone.pdf"):
+        attachment_from_path(tmp_path / "gone.pdf")
+
+
+def test_text_attachment_and_bad_content_type() -> None:
+    csv = Attachment("list.csv", "text/csv", "Name;Stadt\nSchäuble;Berlin\n".encode())
+    (part,) = parse(compose(spec(attachments=(csv,)))).iter_attachments()
+    assert part.get_content_type() == "text/csv"
+    assert part.get_payload(decode=True) == csv.data
+    with pytest.raises(AttachmentError, match="bad content type"):
+        compose(spec(attachments=(Attachment("x", "pdf", b""),)))
+    with pytest.raises(HeaderError):
+        compose(spec(attachments=(Attachment("x\r\n.pdf", "application/pdf", b""),)))
+
+
+def test_date_header_in_utc_stays_the_same_instant() -> None:
+    when = datetime(2017, 11, 7, 8, 30, tzinfo=UTC)
+    assert parse(compose(spec(date=when)))["Date"].datetime == when
