@@ -161,7 +161,7 @@ def release(session: Session, campaign: Campaign, batch_size: int) -> list[list[
         )
     )
     queued = deliveries.transition_many(session, pending, Status.PENDING, Status.QUEUED)
-    campaign.state = CampaignState.SENDING
+    campaign.state = CampaignState.RUNNING
     return [queued[i : i + batch_size] for i in range(0, len(queued), batch_size)]
 
 

@@ -63,7 +63,7 @@ def session_scope(url: str) -> Iterator[Session]:
         session.close()
 
 
-def upgrade(url: str, revision: str = "head") -> None:
+def upgrade(url: str, revision: str = "heads") -> None:
     """Apply the migrations up to `revision` (the schema from an empty database)."""
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS))

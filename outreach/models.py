@@ -73,8 +73,11 @@ class Status(StrEnum):
 
 class CampaignState(StrEnum):
     DRAFT = "draft"
-    SENDING = "sending"
+    SCHEDULED = "scheduled"  # waits in the database until its time
+    RUNNING = "running"  # the dispatcher releases its deliveries
+    PAUSED = "paused"  # by the team, or by the circuit breaker until `resume_at`
     DONE = "done"
+    CANCELLED = "cancelled"
 
 
 NAMING = {
@@ -112,6 +115,7 @@ class Recipient(Base):
     phone: Mapped[str] = mapped_column(String(40), default="")  # E.164
     fax: Mapped[str] = mapped_column(String(40), default="")  # E.164
     language: Mapped[str] = mapped_column(String(16), default="en")
+    timezone: Mapped[str] = mapped_column(String(64), default="")  # IANA; else from country
     salutation: Mapped[str] = mapped_column(String(300), default="")  # override
     tags: Mapped[list[str]] = mapped_column(default=list)
     notes: Mapped[str] = mapped_column(Text, default="")
@@ -145,6 +149,14 @@ class Campaign(Base):
     state: Mapped[str] = mapped_column(String(20), default=CampaignState.DRAFT)
     letter_date: Mapped[datetime | None] = mapped_column()  # the date written on the letter
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    scheduled_at: Mapped[datetime | None] = mapped_column()
+    timezone: Mapped[str] = mapped_column(String(64), default="")  # as the team scheduled it
+    # Office hours in the recipient's own time zone: {"days": [0..6], "start": "08:00", ...}
+    send_window: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Lower limits than the SMTP account's: {"second": 2, "minute": 60, "hour": ..., "day": ...}
+    rate: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    paused_reason: Mapped[str] = mapped_column(Text, default="")
+    resume_at: Mapped[datetime | None] = mapped_column()  # set by the circuit breaker
 
     deliveries: Mapped[list[Delivery]] = relationship(back_populates="campaign")
 
@@ -202,6 +214,18 @@ class Event(Base):
     from_status: Mapped[str] = mapped_column(String(16), default="")
     to_status: Mapped[str] = mapped_column(String(16), default="")
     detail: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Suppression(Base):
+    """An address on the do-not-contact list: checked when each message is about to go."""
+
+    __tablename__ = "suppressions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(320), unique=True)  # the address lower-cased
+    email: Mapped[str] = mapped_column(String(320))
+    reason: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
