@@ -9,7 +9,8 @@ TransitionError before touching the database.
        │          │  ▲        │ ├────> deferred ──> queued (retry due)
        │          │  └────────┘ ├────> failed
        └──────────┴─> cancelled └────> unknown ──> queued (operator resends) / sent / failed
-                      suppressed
+       │              suppressed
+       └──> printed ──> posted          (letters by post: a print pack, then the team posts it)
 
 `sending` is the uncertain window: committed before the message's DATA, left for `sent` (or
 another outcome) before the next DATA on the same connection.
@@ -28,13 +29,15 @@ from outreach.errors import TransitionError
 from outreach.models import Delivery, Event, Status, utcnow
 
 ALLOWED: dict[Status, frozenset[Status]] = {
-    Status.PENDING: frozenset({Status.QUEUED, Status.CANCELLED, Status.SUPPRESSED}),
+    Status.PENDING: frozenset({Status.QUEUED, Status.CANCELLED, Status.SUPPRESSED, Status.PRINTED}),
     Status.QUEUED: frozenset(
         {Status.SENDING, Status.QUEUED, Status.CANCELLED, Status.SUPPRESSED, Status.FAILED}
     ),
     Status.SENDING: frozenset({Status.SENT, Status.DEFERRED, Status.FAILED, Status.UNKNOWN}),
     Status.DEFERRED: frozenset({Status.QUEUED, Status.CANCELLED, Status.FAILED}),
     Status.UNKNOWN: frozenset({Status.QUEUED, Status.SENT, Status.FAILED}),
+    Status.PRINTED: frozenset({Status.POSTED, Status.PRINTED, Status.CANCELLED}),
+    Status.POSTED: frozenset(),
     Status.SENT: frozenset(),
     Status.FAILED: frozenset(),
     Status.CANCELLED: frozenset(),

@@ -69,6 +69,8 @@ class Status(StrEnum):
     UNKNOWN = "unknown"
     CANCELLED = "cancelled"
     SUPPRESSED = "suppressed"
+    PRINTED = "printed"  # a letter by post, in a print pack
+    POSTED = "posted"  # ... and marked as put in the post by the team
 
 
 class CampaignState(StrEnum):
