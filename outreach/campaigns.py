@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from email.utils import parseaddr
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
@@ -22,11 +23,13 @@ from outreach.models import (
     CampaignState,
     Channel,
     Delivery,
+    Event,
     Recipient,
     Role,
     Status,
     utcnow,
 )
+from outreach.windows import Window
 
 
 @dataclass(frozen=True)
@@ -146,23 +149,100 @@ def create_deliveries(session: Session, campaign: Campaign, settings: Settings) 
     return len(rows)
 
 
-def release(session: Session, campaign: Campaign, batch_size: int) -> list[list[int]]:
-    """Move the campaign's pending email deliveries to `queued`; returns them in batches, each
-    to be sent over one SMTP connection. Post and fax wait for their own channels."""
-    pending = list(
-        session.scalars(
-            select(Delivery.id)
-            .where(
-                Delivery.campaign_id == campaign.id,
-                Delivery.status == Status.PENDING,
-                Delivery.channel == Channel.EMAIL,
-            )
-            .order_by(Delivery.id)
-        )
+def schedule(
+    session: Session,
+    campaign: Campaign,
+    settings: Settings,
+    *,
+    at: datetime,
+    timezone: str = "",
+    window: Window | None = None,
+    rate: dict[str, float] | None = None,
+) -> int:
+    """Fix the campaign's deliveries now and let the dispatcher start it at `at` (aware).
+    Returns how many deliveries were created. Nothing waits in the broker until then."""
+    if campaign.state not in (CampaignState.DRAFT, CampaignState.SCHEDULED):
+        raise InputError(f"campaign {campaign.name} is {campaign.state}; it cannot be scheduled")
+    created = create_deliveries(session, campaign, settings)
+    campaign.state = CampaignState.SCHEDULED
+    campaign.scheduled_at, campaign.timezone = at, timezone
+    campaign.send_window = window.to_json() if window else None
+    campaign.rate = rate or None
+    when = at.astimezone(ZoneInfo(timezone)) if timezone else at
+    log(session, campaign, f"scheduled for {when:%Y-%m-%d %H:%M %Z}")
+    return created
+
+
+def pause(
+    session: Session, campaign: Campaign, reason: str, resume_at: datetime | None = None
+) -> None:
+    """Stop releasing deliveries and take back those waiting in the broker; a message already
+    on the wire finishes. `resume_at` is for the circuit breaker; the team resumes by hand."""
+    if campaign.state not in (CampaignState.RUNNING, CampaignState.SCHEDULED, CampaignState.PAUSED):
+        raise InputError(f"campaign {campaign.name} is {campaign.state}; it cannot be paused")
+    campaign.state, campaign.paused_reason, campaign.resume_at = (
+        CampaignState.PAUSED,
+        reason,
+        resume_at,
     )
-    queued = deliveries.transition_many(session, pending, Status.PENDING, Status.QUEUED)
-    campaign.state = CampaignState.RUNNING
-    return [queued[i : i + batch_size] for i in range(0, len(queued), batch_size)]
+    _take_back(session, campaign, reason)
+    log(session, campaign, f"paused: {reason}")
+
+
+def resume(session: Session, campaign: Campaign) -> None:
+    if campaign.state != CampaignState.PAUSED:
+        raise InputError(f"campaign {campaign.name} is {campaign.state}, not paused")
+    due = campaign.scheduled_at is None or campaign.scheduled_at <= utcnow()
+    campaign.state = CampaignState.RUNNING if due else CampaignState.SCHEDULED
+    campaign.paused_reason, campaign.resume_at = "", None
+    log(session, campaign, "resumed")
+
+
+def cancel(session: Session, campaign: Campaign) -> int:
+    """Cancel every delivery not yet sent; returns how many. Sent ones stay sent."""
+    if campaign.state in (CampaignState.DONE, CampaignState.CANCELLED):
+        raise InputError(f"campaign {campaign.name} is already {campaign.state}")
+    campaign.state = CampaignState.CANCELLED
+    count = 0
+    for source in (Status.PENDING, Status.QUEUED, Status.DEFERRED):
+        ids = _ids(session, campaign, source)
+        count += len(deliveries.transition_many(session, ids, source, Status.CANCELLED))
+    log(session, campaign, f"cancelled; {count} deliveries not sent")
+    return count
+
+
+def in_motion(session: Session, campaign: Campaign, now: datetime) -> int:
+    """Email deliveries that are moving or may move now: queued, sending, or pending and due.
+    Zero means the campaign waits (for retries, a send window, its schedule) or is over."""
+    if campaign.state not in (CampaignState.RUNNING, CampaignState.SCHEDULED):
+        return 0
+    if campaign.state == CampaignState.SCHEDULED and (campaign.scheduled_at or now) > now:
+        return 0
+    moving = Delivery.status.in_((Status.QUEUED, Status.SENDING))
+    due = (Delivery.status == Status.PENDING) & (
+        Delivery.next_attempt_at.is_(None) | (Delivery.next_attempt_at <= now)
+    )
+    query = select(func.count()).where(
+        Delivery.campaign_id == campaign.id, Delivery.channel == Channel.EMAIL, moving | due
+    )
+    return session.scalar(query) or 0
+
+
+def _take_back(session: Session, campaign: Campaign, reason: str) -> None:
+    ids = _ids(session, campaign, Status.QUEUED)
+    deliveries.transition_many(session, ids, Status.QUEUED, Status.PENDING, detail=reason)
+
+
+def _ids(session: Session, campaign: Campaign, status: Status) -> list[int]:
+    query = select(Delivery.id).where(
+        Delivery.campaign_id == campaign.id, Delivery.status == status
+    )
+    return list(session.scalars(query))
+
+
+def log(session: Session, campaign: Campaign, detail: str) -> None:
+    """An event on the campaign itself (scheduled, paused, ...), beside its deliveries' events."""
+    session.add(Event(campaign_id=campaign.id, kind="campaign", detail=detail))
 
 
 def status_counts(

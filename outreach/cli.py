@@ -36,7 +36,6 @@ out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
-ACTIVE = (Status.QUEUED, Status.SENDING)
 
 
 class _Group(TyperGroup):
@@ -312,18 +311,23 @@ def campaign_send(
                 f"{settings.smtp_host}:{settings.smtp_port}?",
                 abort=True,
             )
-        campaigns.create_deliveries(session, campaign, settings)
-        batches = campaigns.release(session, campaign, settings.batch_size)
+        campaigns.schedule(session, campaign, settings, at=utcnow())
         campaign_id = campaign.id
-    from workers.tasks import enqueue  # the CLI is the one place in outreach/ above workers/
+    _start(campaign_id, name, watch=wait)
 
-    enqueue(batches)
-    if settings.embedded_broker:
+
+def _start(campaign_id: int, name: str, *, watch: bool) -> None:
+    """Run the dispatcher once now (the beat keeps it going), then, with the embedded broker,
+    a worker in this process until the campaign has nothing left to do now."""
+    from workers.tasks import dispatch_tick  # the CLI is the one place in outreach/ above workers/
+
+    dispatch_tick()
+    if get_settings().embedded_broker:
         from workers.embedded import running_worker
 
         with running_worker(concurrency=1):
             _watch(campaign_id)
-    elif wait:
+    elif watch:
         _watch(campaign_id)
     _print_status(name)
 
@@ -337,25 +341,22 @@ def _print_dry_run(report: messages.CheckReport) -> None:
 
 
 def _watch(campaign_id: int) -> None:
-    """A progress bar until no delivery of the campaign is queued or being sent."""
+    """A progress bar until nothing of the campaign moves now (what remains waits for a retry,
+    a send window or the team)."""
     columns = (TextColumn("sending"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err, transient=False) as progress:
         task = progress.add_task("send", total=None)
         while True:
             with _session() as session:
-                counts = _counts(session, campaign_id)
+                campaign = session.get(Campaign, campaign_id)
+                assert campaign is not None
+                counts = campaigns.status_counts(session, campaign, channel=Channel.EMAIL)
+                moving = campaigns.in_motion(session, campaign, utcnow())
             emails = sum(counts.values())
-            active = sum(counts.get(s, 0) for s in ACTIVE)
-            progress.update(task, total=emails, completed=emails - active)
-            if active == 0:
+            progress.update(task, total=emails, completed=emails - moving)
+            if moving == 0:
                 return
             time.sleep(0.2)
-
-
-def _counts(session: Session, campaign_id: int) -> dict[str, int]:
-    campaign = session.get(Campaign, campaign_id)
-    assert campaign is not None
-    return campaigns.status_counts(session, campaign, channel=Channel.EMAIL)
 
 
 @campaign_app.command("status")

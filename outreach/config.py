@@ -53,6 +53,18 @@ class Settings(BaseSettings):
     retry_max_seconds: float = Field(4 * 3600.0, gt=0)
     visibility_timeout: int = Field(3600, ge=60, description="Seconds before Redis redelivers")
     check_deliverability: bool = Field(False, description="DNS lookups when validating emails")
+    # Scheduling, throttling and recovery (the dispatcher and the workers).
+    redis_url: str = Field("", description="Redis for shared rate limits; default the broker's")
+    rate_per_second: float = Field(0, ge=0, description="Per SMTP account; 0 = no limit")
+    rate_per_minute: int = Field(0, ge=0)
+    rate_per_hour: int = Field(0, ge=0)
+    rate_per_day: int = Field(0, ge=0, description="Providers cap daily sends")
+    dispatch_seconds: float = Field(1.0, gt=0, description="How often the dispatcher runs")
+    max_in_flight: int = Field(2000, ge=1, description="Deliveries queued in the broker at most")
+    max_age_hours: float = Field(72, gt=0, description="A delivery retried no longer than this")
+    sending_timeout: float = Field(600, gt=0, description="`sending` this long: `unknown`")
+    queued_timeout: float = Field(300, gt=0, description="`queued` unclaimed this long: requeued")
+    breaker_cooloff: float = Field(300, gt=0, description="Pause after a server refuses us (421)")
 
     @classmethod
     def settings_customise_sources(
@@ -82,6 +94,18 @@ class Settings(BaseSettings):
     @property
     def broker_folder(self) -> Path:
         return (self.home / "broker").resolve()
+
+    @property
+    def effective_redis_url(self) -> str:
+        """Where the shared rate counters live; empty when there is no Redis (embedded)."""
+        if self.redis_url:
+            return self.redis_url
+        return self.broker_url if self.broker_url.startswith(("redis://", "rediss://")) else ""
+
+    @property
+    def smtp_account(self) -> str:
+        """What a provider's limit applies to: the login at the server."""
+        return f"{self.smtp_username or '-'}@{self.smtp_host}:{self.smtp_port}"
 
     @property
     def effective_smtp_security(self) -> str:

@@ -31,7 +31,14 @@ from outreach.models import Delivery, Event, Status, utcnow
 ALLOWED: dict[Status, frozenset[Status]] = {
     Status.PENDING: frozenset({Status.QUEUED, Status.CANCELLED, Status.SUPPRESSED, Status.PRINTED}),
     Status.QUEUED: frozenset(
-        {Status.SENDING, Status.QUEUED, Status.CANCELLED, Status.SUPPRESSED, Status.FAILED}
+        {
+            Status.SENDING,
+            Status.QUEUED,  # requeued: the broker lost it
+            Status.PENDING,  # taken back: the campaign paused, or the server refused us
+            Status.CANCELLED,
+            Status.SUPPRESSED,
+            Status.FAILED,
+        }
     ),
     Status.SENDING: frozenset({Status.SENT, Status.DEFERRED, Status.FAILED, Status.UNKNOWN}),
     Status.DEFERRED: frozenset({Status.QUEUED, Status.CANCELLED, Status.FAILED}),

@@ -1,10 +1,13 @@
 """The send loop for one batch of deliveries, over one SMTP connection.
 
-For each delivery: prepare its message while it is still `queued` (or reuse what was kept on an
-earlier attempt), claim it (`queued -> sending`, committed together with the kept message), send
-it, and commit the result before the next message's DATA. So at most one message per connection
-is ever in the uncertain window, and a worker that dies there leaves a `sending` row that recovery
-turns into `unknown` instead of sending it twice.
+The connection is opened first, while nothing is claimed: a server that is down, answers 421 or
+fails TLS pauses the campaign (the circuit breaker) instead of burning attempts. Then, for each
+delivery: take a token from the shared rate limit, prepare its message while it is still
+`queued` (or reuse what was kept on an earlier attempt), claim it (`queued -> sending`,
+committed together with the kept message), send it, and commit the result before the next
+message's DATA. So at most one message per connection is ever in the uncertain window, and a
+worker that dies there leaves a `sending` row that recovery turns into `unknown` instead of
+sending it twice.
 """
 
 from __future__ import annotations
@@ -14,15 +17,17 @@ import random
 import time
 from collections import Counter
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import timedelta
 from email.utils import parseaddr
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from outreach import deliveries
+from outreach import campaigns, deliveries, suppression
 from outreach.compose import compose, envelope_recipients
 from outreach.config import Settings
+from outreach.dispatch import account_limits
 from outreach.errors import (
     ConfigError,
     OutreachError,
@@ -31,8 +36,9 @@ from outreach.errors import (
     UncertainSmtpError,
 )
 from outreach.messages import Kit, draft, keep, kept_spec, load_kit
-from outreach.models import Campaign, Delivery, Status, utcnow
+from outreach.models import Campaign, CampaignState, Delivery, Event, Status, utcnow
 from outreach.smtp import Transport
+from outreach.throttle import Throttle, acquire
 
 log = logging.getLogger("outreach.sending")
 
@@ -57,34 +63,89 @@ class KitCache:
         return cached[1]
 
 
+@dataclass(frozen=True)
+class Sender:
+    """What a batch needs besides the deliveries: the connection, the settings, the caches."""
+
+    transport: Transport
+    settings: Settings
+    kits: KitCache
+    throttle: Throttle
+
+
 def retry_delay(attempts: int, settings: Settings, rng: random.Random | None = None) -> timedelta:
     """Exponential backoff with jitter: base * 2^(attempts-1), capped, times 0.8 to 1.2."""
-    seconds = min(
-        settings.retry_base_seconds * 2 ** max(attempts - 1, 0), settings.retry_max_seconds
-    )
+    base = settings.retry_base_seconds * 2 ** max(attempts - 1, 0)
+    seconds = min(base, settings.retry_max_seconds)
     return timedelta(seconds=seconds * (rng or random).uniform(0.8, 1.2))
 
 
 def send_batch(
-    sessions: sessionmaker[Session],
-    delivery_ids: Sequence[int],
-    *,
-    transport: Transport,
-    settings: Settings,
-    kits: KitCache,
+    sessions: sessionmaker[Session], delivery_ids: Sequence[int], sender: Sender
 ) -> Counter[str]:
     """Send the given deliveries; returns how many ended in each status. Deliveries that are no
     longer `queued` (sent by another worker, cancelled) are skipped untouched."""
     outcome: Counter[str] = Counter()
-    for delivery_id in delivery_ids:
+    try:
+        sender.transport.open()
+    except (TransientSmtpError, ConfigError) as exc:
+        with sessions.begin() as session:
+            _trip(session, delivery_ids, exc, sender.settings)
+        outcome["paused"] = len(delivery_ids)
+        return outcome
+    for position, delivery_id in enumerate(delivery_ids):
         with sessions() as session:
-            outcome[_send_one(session, delivery_id, transport, settings, kits)] += 1
+            if not _take_token(session, delivery_id, sender):
+                _give_back(session, delivery_ids[position:], "rate limit reached")
+                session.commit()
+                outcome["waiting"] += len(delivery_ids) - position
+                return outcome
+            outcome[_send_one(session, delivery_id, sender)] += 1
     return outcome
 
 
-def _send_one(
-    session: Session, delivery_id: int, transport: Transport, settings: Settings, kits: KitCache
-) -> str:
+def _take_token(session: Session, delivery_id: int, sender: Sender) -> bool:
+    campaign = session.scalar(
+        select(Campaign)
+        .join(Delivery, Delivery.campaign_id == Campaign.id)
+        .where(Delivery.id == delivery_id)
+    )
+    limits = account_limits(sender.settings).tighter(campaign.rate if campaign else None)
+    return acquire(
+        sender.throttle,
+        sender.settings.smtp_account,
+        limits,
+        max_wait=sender.settings.queued_timeout / 2,
+    )
+
+
+def _trip(
+    session: Session, delivery_ids: Sequence[int], exc: OutreachError, settings: Settings
+) -> None:
+    """The circuit breaker: no connection, so pause the batch's campaigns rather than retry
+    message by message. A transient refusal resumes by itself after the cool-off; a
+    configuration error (certificate, login) waits for the team."""
+    resume_at = None
+    if isinstance(exc, TransientSmtpError):
+        resume_at = utcnow() + timedelta(seconds=settings.breaker_cooloff)
+    campaign_ids = set(
+        session.scalars(select(Delivery.campaign_id).where(Delivery.id.in_(delivery_ids)))
+    )
+    for campaign in session.scalars(select(Campaign).where(Campaign.id.in_(campaign_ids))):
+        if campaign.state == CampaignState.RUNNING:
+            campaigns.pause(session, campaign, f"SMTP: {exc}", resume_at=resume_at)
+    _give_back(session, delivery_ids, f"not sent: {exc}")
+    log.warning("circuit breaker: %s; campaigns %s paused", exc, sorted(campaign_ids))
+
+
+def _give_back(session: Session, delivery_ids: Sequence[int], reason: str) -> None:
+    """Deliveries this batch will not send go back to `pending` for the dispatcher."""
+    deliveries.transition_many(
+        session, list(delivery_ids), Status.QUEUED, Status.PENDING, detail=reason
+    )
+
+
+def _send_one(session: Session, delivery_id: int, sender: Sender) -> str:
     delivery = session.scalar(
         select(Delivery)
         .where(Delivery.id == delivery_id)
@@ -93,13 +154,20 @@ def _send_one(
             selectinload(Delivery.campaign),
             selectinload(Delivery.attachments),
         )
+        .with_for_update(skip_locked=True)  # PostgreSQL: another worker has it, move on
     )
     if delivery is None or delivery.status != Status.QUEUED:
         return "skipped"
+    refusal = _refusal(session, delivery)
+    if refusal is not None:
+        target, reason = refusal
+        deliveries.transition(session, delivery_id, Status.QUEUED, target, detail=reason)
+        session.commit()
+        return target
     try:
         spec = kept_spec(delivery)
         if spec is None:
-            kit = kits.get(session, delivery.campaign_id)
+            kit = sender.kits.get(session, delivery.campaign_id)
             spec = draft(kit, delivery.recipient, delivery.message_id, utcnow())
             keep(session, delivery, spec)
         data = compose(spec)
@@ -113,37 +181,39 @@ def _send_one(
         session.rollback()
         return "skipped"
     session.commit()  # the uncertain window opens: `sending` is on disk before the DATA
-    attempts = delivery.attempts + 1
-    status = _deliver(
-        session,
-        delivery_id,
-        attempts,
-        delivery.address,
-        spec.sender,
-        rcpts,
-        data,
-        transport,
-        settings,
-    )
+    status = _deliver(session, delivery, delivery.attempts + 1, spec.sender, rcpts, data, sender)
     session.commit()  # ... and closes before the next message's DATA
     return status
 
 
+def _refusal(session: Session, delivery: Delivery) -> tuple[Status, str] | None:
+    """Why this delivery must not go now, checked as late as possible: the campaign was paused
+    or cancelled, or the address is on the do-not-contact list."""
+    state = delivery.campaign.state
+    if state == CampaignState.CANCELLED:
+        return Status.CANCELLED, "campaign cancelled"
+    if state != CampaignState.RUNNING:
+        return Status.PENDING, f"campaign {state}"
+    reason = suppression.reason_for(session, delivery.address)
+    if reason is not None:
+        return Status.SUPPRESSED, f"on the suppression list: {reason}"
+    return None
+
+
 def _deliver(
     session: Session,
-    delivery_id: int,
+    delivery: Delivery,
     attempts: int,
-    address: str,
-    sender: str,
+    from_header: str,
     rcpts: list[str],
     data: bytes,
-    transport: Transport,
-    settings: Settings,
+    sender: Sender,
 ) -> str:
     """Hand the message to the server and record what it said."""
+    delivery_id, settings = delivery.id, sender.settings
     try:
-        refused = transport.send(
-            sender=parseaddr(sender)[1],
+        refused = sender.transport.send(
+            sender=parseaddr(from_header)[1],
             recipients=rcpts,
             data=data,
             smtputf8=settings.smtp_utf8,
@@ -163,6 +233,7 @@ def _deliver(
         return Status.UNKNOWN
     except (TransientSmtpError, ConfigError) as exc:  # nothing was sent; a fixed setting helps
         return _defer(session, delivery_id, attempts, str(exc), settings)
+    address = delivery.address
     mine = next((r for a, r in refused.items() if a.lower() == address.lower()), None)
     if mine is not None:
         code, text = mine
@@ -181,29 +252,19 @@ def _deliver(
 def _defer(
     session: Session, delivery_id: int, attempts: int, reason: str, settings: Settings
 ) -> str:
-    if attempts >= settings.max_attempts:
+    """A transient failure: try again later, unless out of attempts or too old (as an MTA)."""
+    first = session.scalar(
+        select(func.min(Event.created_at)).where(
+            Event.delivery_id == delivery_id, Event.to_status == Status.SENDING
+        )
+    )
+    age = utcnow() - first if first else timedelta(0)
+    if attempts >= settings.max_attempts or age > timedelta(hours=settings.max_age_hours):
+        why = f"{attempts} attempts over {age.total_seconds() / 3600:.1f} h"
         deliveries.mark_failed(
-            session,
-            delivery_id,
-            f"{reason}; gave up after {attempts} attempts",
-            source=Status.SENDING,
+            session, delivery_id, f"{reason}; gave up after {why}", source=Status.SENDING
         )
         return Status.FAILED
     retry_at = utcnow() + retry_delay(attempts, settings)
     deliveries.mark_deferred(session, delivery_id, reason, retry_at)
     return Status.DEFERRED
-
-
-def due_for_retry(session: Session, now: datetime, batch_size: int) -> list[list[int]]:
-    """Deferred deliveries whose next attempt is due, moved back to `queued`, in batches."""
-    due = list(
-        session.scalars(
-            select(Delivery.id)
-            .where(Delivery.status == Status.DEFERRED, Delivery.next_attempt_at <= now)
-            .order_by(Delivery.next_attempt_at)
-        )
-    )
-    queued = deliveries.transition_many(
-        session, due, Status.DEFERRED, Status.QUEUED, detail="retry due"
-    )
-    return [queued[i : i + batch_size] for i in range(0, len(queued), batch_size)]

@@ -54,6 +54,8 @@ class Transport(Protocol):
         self, *, sender: str, recipients: list[str], data: bytes, smtputf8: bool = False
     ) -> Refused: ...
 
+    def open(self) -> None: ...
+
     def close(self) -> None: ...
 
 
@@ -68,6 +70,9 @@ class CapturingTransport:
     ) -> Refused:
         self.sent.append((sender, list(recipients), data))
         return {}
+
+    def open(self) -> None:
+        """Nothing to open; here so it can stand wherever an SmtpClient can."""
 
     def close(self) -> None:
         """Nothing to close; here so it can stand wherever an SmtpClient can."""
@@ -169,6 +174,11 @@ class SmtpClient:
             refused or "none",
         )
         return refused
+
+    def open(self) -> None:
+        """Connect now, before any delivery is claimed: a server that is down or refuses us
+        (421, a bad certificate) is found out while nothing is in the uncertain window."""
+        self._connection()
 
     def _transaction(
         self,

@@ -14,8 +14,6 @@ from celery import Celery
 
 from outreach.config import Settings, get_settings
 
-SWEEP_SECONDS = 5.0
-
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery's settings, derived from ours: one place, read by workers, beat and the CLI."""
@@ -30,7 +28,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_serializer": "json",
         "accept_content": ["json"],
         "beat_schedule": {
-            "sweep": {"task": "outreach.sweep", "schedule": SWEEP_SECONDS},
+            "dispatch": {"task": "outreach.dispatch", "schedule": settings.dispatch_seconds},
         },
         "imports": ["workers.tasks"],
     }

@@ -1,6 +1,6 @@
 """A real Celery worker (with its beat) inside the calling process, for the embedded default.
 
-Not eager mode: tasks go through the broker folder, retries and the sweep schedule run as they
+Not eager mode: tasks go through the broker folder, retries and the dispatcher run as they
 would on a separate worker.
 """
 

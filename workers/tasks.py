@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import lru_cache
 
-from outreach import sending
-from outreach.config import get_settings
+from outreach import dispatch, sending
+from outreach.config import Settings, get_settings
 from outreach.db import session_factory, session_scope
 from outreach.models import utcnow
 from outreach.smtp import SmtpClient
+from outreach.throttle import LocalThrottle, RedisThrottle, Throttle
 from workers.app import app
 
 _kits = sending.KitCache()
+
+
+@lru_cache(maxsize=4)
+def _throttle(redis_url: str) -> Throttle:
+    """Shared through Redis when there is one; in memory for the embedded single worker."""
+    return RedisThrottle(redis_url) if redis_url else LocalThrottle()
+
+
+def throttle_for(settings: Settings) -> Throttle:
+    return _throttle(settings.effective_redis_url)
 
 
 @app.task(name="outreach.send_batch")
@@ -20,20 +32,18 @@ def send_batch(delivery_ids: list[int]) -> dict[str, int]:
     settings = get_settings()
     sessions = session_factory(settings.effective_database_url)
     with SmtpClient.from_settings(settings) as transport:
-        counts = sending.send_batch(
-            sessions, delivery_ids, transport=transport, settings=settings, kits=_kits
-        )
-    return dict(counts)
+        sender = sending.Sender(transport, settings, _kits, throttle_for(settings))
+        return dict(sending.send_batch(sessions, delivery_ids, sender))
 
 
-@app.task(name="outreach.sweep")
-def sweep() -> int:
-    """Queue the deferred deliveries whose next attempt is due (retry times live in the rows)."""
+@app.task(name="outreach.dispatch")
+def dispatch_tick() -> dict[str, int]:
+    """Move every campaign one step; queue what it released, after the commit."""
     settings = get_settings()
     with session_scope(settings.effective_database_url) as session:
-        batches = sending.due_for_retry(session, utcnow(), settings.batch_size)
-    enqueue(batches)  # after the commit: a worker must find them `queued`
-    return sum(len(b) for b in batches)
+        tick = dispatch.tick(session, settings, utcnow())
+    enqueue(tick.batches)  # after the commit: a worker must find them `queued`
+    return {"queued": sum(len(b) for b in tick.batches), "unknown": tick.unknown}
 
 
 def enqueue(batches: Iterable[list[int]]) -> None:

@@ -1,0 +1,199 @@
+"""The dispatcher: one short periodic step (a Celery beat task) that moves campaigns forward.
+
+Each tick, in one transaction: start the campaigns that are due, resume those the circuit
+breaker paused once their cool-off is over, recover what the broker or a worker lost, queue the
+retries that are due, and release pending deliveries at the pace the rate limit allows, so the
+broker never holds more than a short queue. Campaigns wait in the database, not in the broker.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.orm import Session
+
+from outreach import campaigns, deliveries
+from outreach.config import Settings
+from outreach.models import Campaign, CampaignState, Channel, Delivery, Recipient, Status
+from outreach.throttle import Limits
+from outreach.windows import Window, zone_for
+
+SENDABLE = (Channel.EMAIL,)
+OPEN = (Status.PENDING, Status.QUEUED, Status.SENDING, Status.DEFERRED)
+
+
+@dataclass
+class Tick:
+    """What one tick did; `batches` are to be queued after the commit."""
+
+    batches: list[list[int]] = field(default_factory=list)
+    started: list[str] = field(default_factory=list)
+    finished: list[str] = field(default_factory=list)
+    requeued: int = 0
+    unknown: int = 0
+
+
+def account_limits(settings: Settings) -> Limits:
+    return Limits(
+        second=settings.rate_per_second,
+        minute=settings.rate_per_minute,
+        hour=settings.rate_per_hour,
+        day=settings.rate_per_day,
+    )
+
+
+def tick(session: Session, settings: Settings, now: datetime) -> Tick:
+    """One step of every campaign; the caller commits, then queues `result.batches`."""
+    result = Tick()
+    _start_due(session, now, result)
+    _recover(session, settings, now, result)
+    room = settings.max_in_flight - _in_flight(session)
+    for campaign in _running(session):
+        limits = account_limits(settings).tighter(campaign.rate)
+        budget = room if not limits.second else min(room, _paced(limits, settings))
+        queued = _due_retries(session, campaign, now, budget)
+        queued += _queue(session, _releasable(session, campaign, now, budget - len(queued)))
+        room -= len(queued)
+        result.batches += _batches(queued, settings.batch_size)
+        if _finished(session, campaign):
+            campaign.state = CampaignState.DONE
+            campaigns.log(session, campaign, "done: no delivery left to send")
+            result.finished.append(campaign.name)
+    return result
+
+
+def _start_due(session: Session, now: datetime, result: Tick) -> None:
+    due = session.scalars(
+        select(Campaign).where(
+            or_(
+                (Campaign.state == CampaignState.SCHEDULED) & (Campaign.scheduled_at <= now),
+                (Campaign.state == CampaignState.PAUSED) & (Campaign.resume_at <= now),
+            )
+        )
+    )
+    for campaign in due:
+        was = campaign.state
+        campaign.state, campaign.paused_reason, campaign.resume_at = CampaignState.RUNNING, "", None
+        campaigns.log(session, campaign, "started" if was == CampaignState.SCHEDULED else "resumed")
+        result.started.append(campaign.name)
+
+
+def _recover(session: Session, settings: Settings, now: datetime, result: Tick) -> None:
+    """`sending` for too long: a worker died in the uncertain window, so `unknown`, never a
+    silent resend. `queued` for too long: the broker lost it, so queue it again."""
+    stale_sending = _stale(
+        session, Status.SENDING, now - timedelta(seconds=settings.sending_timeout)
+    )
+    result.unknown += len(
+        deliveries.transition_many(
+            session, stale_sending, Status.SENDING, Status.UNKNOWN,
+            detail=f"still sending after {settings.sending_timeout:g}s: the worker was lost; "
+            "the server may have accepted it",
+        )
+    )  # fmt: skip
+    stale_queued = _stale(session, Status.QUEUED, now - timedelta(seconds=settings.queued_timeout))
+    requeued = deliveries.transition_many(
+        session, stale_queued, Status.QUEUED, Status.QUEUED,
+        detail=f"unclaimed for {settings.queued_timeout:g}s: queued again",
+    )  # fmt: skip
+    result.requeued += len(requeued)
+    result.batches += _batches(requeued, settings.batch_size)
+
+
+def _stale(session: Session, status: Status, before: datetime) -> list[int]:
+    query = (
+        select(Delivery.id)
+        .where(Delivery.status == status, Delivery.updated_at < before)
+        .with_for_update(skip_locked=True)
+    )
+    return list(session.scalars(query))
+
+
+def _in_flight(session: Session) -> int:
+    query = select(func.count()).where(Delivery.status.in_((Status.QUEUED, Status.SENDING)))
+    return session.scalar(query) or 0
+
+
+def _running(session: Session) -> list[Campaign]:
+    query = select(Campaign).where(Campaign.state == CampaignState.RUNNING).order_by(Campaign.id)
+    return list(session.scalars(query))
+
+
+def _paced(limits: Limits, settings: Settings) -> int:
+    """Enough for two ticks at the per-second rate: the workers never starve, the broker
+    never holds a backlog."""
+    return max(1, math.ceil(limits.second * settings.dispatch_seconds * 2))
+
+
+def _due_retries(session: Session, campaign: Campaign, now: datetime, budget: int) -> list[int]:
+    if budget <= 0:
+        return []
+    query = (
+        select(Delivery.id)
+        .where(
+            Delivery.campaign_id == campaign.id,
+            Delivery.status == Status.DEFERRED,
+            Delivery.next_attempt_at <= now,
+        )
+        .order_by(Delivery.next_attempt_at)
+        .limit(budget)
+        .with_for_update(skip_locked=True)
+    )
+    due = list(session.scalars(query))
+    return deliveries.transition_many(
+        session, due, Status.DEFERRED, Status.QUEUED, detail="retry due"
+    )
+
+
+def _releasable(session: Session, campaign: Campaign, now: datetime, budget: int) -> list[int]:
+    """Pending deliveries that may go now; those outside their send window get the time it
+    opens in `next_attempt_at` and wait."""
+    if budget <= 0:
+        return []
+    query = (
+        select(Delivery.id, Recipient.timezone, Recipient.country)
+        .join(Recipient, Recipient.id == Delivery.recipient_id)
+        .where(
+            Delivery.campaign_id == campaign.id,
+            Delivery.status == Status.PENDING,
+            Delivery.channel.in_(SENDABLE),
+            or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
+        )
+        .order_by(Delivery.id)
+        .limit(budget)
+        .with_for_update(of=Delivery, skip_locked=True)
+    )
+    rows = session.execute(query).all()
+    if not campaign.send_window:
+        return [r.id for r in rows]
+    window = Window.from_json(campaign.send_window)
+    ready: list[int] = []
+    for row in rows:
+        opens = window.next_open(now, zone_for(row.timezone, row.country, campaign.timezone))
+        if opens <= now:
+            ready.append(row.id)
+        else:
+            session.execute(
+                update(Delivery).where(Delivery.id == row.id).values(next_attempt_at=opens)
+            )
+    return ready
+
+
+def _queue(session: Session, ids: list[int]) -> list[int]:
+    return deliveries.transition_many(session, ids, Status.PENDING, Status.QUEUED)
+
+
+def _finished(session: Session, campaign: Campaign) -> bool:
+    query = select(func.count()).where(
+        Delivery.campaign_id == campaign.id,
+        Delivery.channel.in_(SENDABLE),
+        Delivery.status.in_(OPEN),
+    )
+    return not session.scalar(query)
+
+
+def _batches(ids: list[int], size: int) -> list[list[int]]:
+    return [ids[i : i + size] for i in range(0, len(ids), size)]
