@@ -228,6 +228,13 @@ def in_motion(session: Session, campaign: Campaign, now: datetime) -> int:
     return session.scalar(query) or 0
 
 
+def sent_since(session: Session, campaign: Campaign, since: datetime) -> int:
+    query = select(func.count()).where(
+        Delivery.campaign_id == campaign.id, Delivery.sent_at >= since
+    )
+    return session.scalar(query) or 0
+
+
 def _take_back(session: Session, campaign: Campaign, reason: str) -> None:
     ids = _ids(session, campaign, Status.QUEUED)
     deliveries.transition_many(session, ids, Status.QUEUED, Status.PENDING, detail=reason)

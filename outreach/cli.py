@@ -13,12 +13,14 @@ import socket
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import typer
 from rich.console import Console
+from rich.live import Live
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -26,11 +28,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 from typer.core import TyperGroup
 
-from outreach import campaigns, db, mailbox, messages, registry
+from outreach import campaigns, db, deliveries, mailbox, messages, registry, suppression
 from outreach.compose import compose
 from outreach.config import get_settings
 from outreach.errors import InputError, NotFound, OutreachError
 from outreach.models import Campaign, Channel, Delivery, Status, utcnow
+from outreach.windows import Window
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -60,11 +63,13 @@ recipients_app = typer.Typer(help="The registry of officials and offices.", no_a
 campaign_app = typer.Typer(help="Letters to a chosen set of recipients.", no_args_is_help=True)
 deliveries_app = typer.Typer(help="Each message of each campaign.", no_args_is_help=True)
 mailbox_app = typer.Typer(help="A local SMTP server to try campaigns on.", no_args_is_help=True)
+suppress_app = typer.Typer(help="The do-not-contact list.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(recipients_app, name="recipients")
 app.add_typer(campaign_app, name="campaign")
 app.add_typer(deliveries_app, name="deliveries")
 app.add_typer(mailbox_app, name="mailbox")
+app.add_typer(suppress_app, name="suppress")
 
 
 @contextmanager
@@ -359,10 +364,117 @@ def _watch(campaign_id: int) -> None:
             time.sleep(0.2)
 
 
+@campaign_app.command("schedule")
+def campaign_schedule(
+    name: Annotated[str, typer.Argument(help="Campaign name")],
+    at: Annotated[str, typer.Option(help='When, e.g. "2026-12-07 09:00"')],
+    tz: Annotated[str, typer.Option(help="Time zone of --at, e.g. Europe/Brussels")] = "UTC",
+    window: Annotated[
+        str | None,
+        typer.Option(help='Office hours in each recipient\'s zone, e.g. "mon-fri 08:00-18:00"'),
+    ] = None,
+    rate_per_second: Annotated[float, typer.Option(help="Lower than the account's")] = 0,
+    rate_per_minute: Annotated[int, typer.Option()] = 0,
+    rate_per_hour: Annotated[int, typer.Option()] = 0,
+    rate_per_day: Annotated[int, typer.Option()] = 0,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation")] = False,
+) -> None:
+    """Check now, then let the workers' dispatcher start the campaign at the given time."""
+    try:
+        zone = ZoneInfo(tz)
+        when = datetime.fromisoformat(at).replace(tzinfo=zone)
+    except (ValueError, ZoneInfoNotFoundError) as exc:
+        raise InputError(f"--at {at!r} --tz {tz!r}: {exc}") from exc
+    if when <= utcnow():
+        raise InputError(f"{when:%Y-%m-%d %H:%M %Z} is in the past; use `campaign send` now")
+    rate = {"second": rate_per_second, "minute": rate_per_minute, "hour": rate_per_hour,
+            "day": rate_per_day}  # fmt: skip
+    with _session() as session:
+        campaign = campaigns.get_campaign(session, name)
+        report = messages.check(session, campaign)
+        _print_check(report)
+        if not report.ok:
+            raise typer.Exit(65)
+        if not yes:
+            typer.confirm(f"Schedule {len(report.drafts)} message(s) for {when}?", abort=True)
+        campaigns.schedule(
+            session,
+            campaign,
+            get_settings(),
+            at=when,
+            timezone=tz,
+            window=Window.parse(window) if window else None,
+            rate={k: v for k, v in rate.items() if v},
+        )
+    out.print(
+        f"campaign {escape(name)} scheduled for {when:%Y-%m-%d %H:%M %Z} "
+        f"({when.astimezone(UTC):%H:%M} UTC); the workers' beat starts it"
+    )
+
+
+@campaign_app.command("pause")
+def campaign_pause(name: Annotated[str, typer.Argument(help="Campaign name")]) -> None:
+    """Stop sending; messages already on the wire finish, the rest wait."""
+    with _session() as session:
+        campaigns.pause(session, campaigns.get_campaign(session, name), "paused by the team")
+    out.print(f"campaign {escape(name)} paused; `outreach campaign resume {escape(name)}` goes on")
+
+
+@campaign_app.command("resume")
+def campaign_resume(name: Annotated[str, typer.Argument(help="Campaign name")]) -> None:
+    """Go on sending a paused campaign."""
+    with _session() as session:
+        campaign = campaigns.get_campaign(session, name)
+        campaigns.resume(session, campaign)
+        campaign_id = campaign.id
+    out.print(f"campaign {escape(name)} resumed")
+    if get_settings().embedded_broker:
+        _start(campaign_id, name, watch=True)
+
+
+@campaign_app.command("cancel")
+def campaign_cancel(
+    name: Annotated[str, typer.Argument(help="Campaign name")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation")] = False,
+) -> None:
+    """Cancel every message not yet sent (sent ones stay sent)."""
+    if not yes:
+        typer.confirm(f"Cancel what campaign {name} has not sent yet?", abort=True)
+    with _session() as session:
+        count = campaigns.cancel(session, campaigns.get_campaign(session, name))
+    out.print(f"campaign {escape(name)} cancelled: {count} message(s) will not be sent")
+
+
 @campaign_app.command("status")
-def campaign_status(name: Annotated[str, typer.Argument(help="Campaign name")]) -> None:
-    """Counts by status and each recipient's status."""
-    _print_status(name)
+def campaign_status(
+    name: Annotated[str, typer.Argument(help="Campaign name")],
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh counts and rate")] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes")] = 2.0,
+) -> None:
+    """Counts by status and each recipient's status; --watch follows a running campaign."""
+    if not watch:
+        _print_status(name)
+        return
+    with Live(console=out, auto_refresh=False) as live:
+        try:
+            while True:
+                live.update(_live_counts(name, interval), refresh=True)
+                time.sleep(interval)
+        except KeyboardInterrupt:
+            pass
+
+
+def _live_counts(name: str, interval: float) -> Table:
+    with _session() as session:
+        campaign = campaigns.get_campaign(session, name)
+        counts = campaigns.status_counts(session, campaign)
+        recent = campaigns.sent_since(session, campaign, utcnow() - timedelta(seconds=60))
+        table = Table(title=f"{name}: {campaign.state} {campaign.paused_reason}".strip())
+        for status in counts:
+            table.add_column(status, justify="right")
+        table.add_column("sent/min (last 60 s)", justify="right")
+        table.add_row(*(str(n) for n in counts.values()), str(recent))
+    return table
 
 
 def _print_status(name: str) -> None:
@@ -427,6 +539,38 @@ def deliveries_list(
     out.print(table)
 
 
+@deliveries_app.command("resend")
+def deliveries_resend(
+    ids: Annotated[list[int] | None, typer.Argument(metavar="ID...", help="Delivery ids")] = None,
+    all_unknown: Annotated[
+        bool, typer.Option("--all-unknown", help="Every delivery whose fate is unknown")
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation")] = False,
+) -> None:
+    """Send `unknown` deliveries again: only the team can decide that a second copy is better
+    than none."""
+    with _session() as session:
+        chosen = deliveries.unknown_ids(session, ids or [], everything=all_unknown)
+        if not yes:
+            typer.confirm(
+                f"{len(chosen)} recipient(s) may already have their letter. Send again?",
+                abort=True,
+            )
+        requeued = deliveries.transition_many(
+            session, chosen, Status.UNKNOWN, Status.QUEUED, detail="resent by the operator"
+        )
+    from workers.tasks import enqueue
+
+    settings = get_settings()
+    enqueue(
+        [
+            requeued[i : i + settings.batch_size]
+            for i in range(0, len(requeued), settings.batch_size)
+        ]
+    )
+    out.print(f"{len(requeued)} delivery(ies) queued again")
+
+
 @deliveries_app.command("show")
 def deliveries_show(
     delivery_id: Annotated[int, typer.Argument(metavar="ID", help="Delivery id")],
@@ -456,6 +600,38 @@ def deliveries_show(
             table.add_row(
                 f"{e.created_at:%Y-%m-%d %H:%M:%S}", e.from_status, e.to_status, escape(e.detail)
             )
+    out.print(table)
+
+
+# --- suppression ----------------------------------------------------------------------------
+
+
+@suppress_app.command("add")
+def suppress_add(
+    email: Annotated[str, typer.Argument(help="The address no campaign may write to")],
+    reason: Annotated[str, typer.Option(help="Why, for the record")] = "",
+) -> None:
+    """Put an address on the do-not-contact list (checked when each message is sent)."""
+    with _session() as session:
+        added = suppression.add(session, email, reason)
+    out.print(f"{escape(email)} {'added to' if added else 'was already on'} the suppression list")
+
+
+@suppress_app.command("remove")
+def suppress_remove(email: Annotated[str, typer.Argument(help="Address")]) -> None:
+    """Take an address off the do-not-contact list."""
+    with _session() as session:
+        suppression.remove(session, email)
+    out.print(f"{escape(email)} removed from the suppression list")
+
+
+@suppress_app.command("list")
+def suppress_list() -> None:
+    """The do-not-contact list."""
+    with _session() as session:
+        table = Table("address", "reason", "since (UTC)")
+        for entry in suppression.listed(session):
+            table.add_row(escape(entry.email), escape(entry.reason), f"{entry.created_at:%Y-%m-%d}")
     out.print(table)
 
 

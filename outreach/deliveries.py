@@ -22,10 +22,10 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
-from outreach.errors import TransitionError
+from outreach.errors import InputError, TransitionError
 from outreach.models import Delivery, Event, Status, utcnow
 
 ALLOWED: dict[Status, frozenset[Status]] = {
@@ -177,6 +177,25 @@ def mark_deferred(session: Session, delivery_id: int, reason: str, retry_at: dat
         last_error=reason,
         next_attempt_at=retry_at,
     )
+
+
+def unknown_ids(session: Session, ids: Sequence[int], *, everything: bool) -> list[int]:
+    """The deliveries to resend: those named (each must be `unknown`), or every unknown one."""
+    if everything:
+        return list(session.scalars(select(Delivery.id).where(Delivery.status == Status.UNKNOWN)))
+    if not ids:
+        raise InputError("name the deliveries to resend, or give --all-unknown")
+    found = dict(
+        session.execute(select(Delivery.id, Delivery.status).where(Delivery.id.in_(ids)))
+        .tuples()
+        .all()
+    )
+    wrong = [
+        f"{i} ({found.get(i, 'no such delivery')})" for i in ids if found.get(i) != Status.UNKNOWN
+    ]
+    if wrong:
+        raise InputError(f"only unknown deliveries are resent; not: {', '.join(wrong)}")
+    return list(ids)
 
 
 def _chunks(items: Sequence[int], size: int) -> Iterable[Sequence[int]]:
