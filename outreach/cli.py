@@ -120,7 +120,7 @@ def recipients_import(
     verb = "would import" if dry_run else "imported"
     out.print(
         f"{verb} {file.name}: {report.created} created, {report.updated} updated, "
-        f"{report.unchanged} unchanged, {len(report.skipped)} skipped"
+        f"{report.unchanged} unchanged, {len({e.row for e in report.skipped})} row(s) skipped"
     )
 
 

@@ -1,0 +1,126 @@
+"""The `outreach` command on bad input: one clear error per problem, exit code, nothing written.
+
+These run the CLI in-process (typer's runner) on the commands that start no worker."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import shutil
+import textwrap
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from typer.testing import CliRunner
+
+from outreach import db
+from outreach.cli import app
+from outreach.models import Campaign, Delivery, Recipient
+from tests.smtpd import RecordingServer
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE = ROOT / "templates" / "open_letter"
+FROM = "Open Dialog Foundation <office@odfoundation.example>"
+
+
+@pytest.fixture
+def cli(env: dict[str, str], database_url: str, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    monkeypatch.setenv("OUTREACH_DATABASE_URL", database_url)
+    return CliRunner()
+
+
+def run(cli: CliRunner, *args: str, code: int = 0) -> str:
+    result = cli.invoke(app, list(args))
+    assert result.exit_code == code, result.output
+    return result.output
+
+
+def count(url: str, model: type) -> int:
+    with db.session_scope(url) as session:
+        return session.scalar(select(func.count()).select_from(model)) or 0
+
+
+def test_import_with_a_bad_row_names_file_row_field_and_writes_nothing(
+    cli: CliRunner, database_url: str, tmp_path: Path
+) -> None:
+    bad = tmp_path / "officials.csv"
+    bad.write_text(
+        textwrap.dedent("""\
+            family_name,organisation,email,tags
+            Jagland,Council of Europe,thorbjorn.jagland@coe.int,principal
+            Kyriakides,Council of Europe,stella.kyriakides(at)coe.int,principal
+            ,,,cc
+        """)
+    )
+    output = run(cli, "recipients", "import", str(bad), code=65)
+    assert "officials.csv: row 3: email" in output
+    assert "officials.csv: row 4" in output  # every problem, not only the first
+    assert count(database_url, Recipient) == 0
+    output = run(cli, "recipients", "import", str(bad), "--skip-invalid")
+    assert "1 created" in output and "2 row(s) skipped" in output
+
+
+def test_check_reports_every_problem_at_once_and_send_refuses(
+    cli: CliRunner, database_url: str, tmp_path: Path, smtp_server: RecordingServer
+) -> None:
+    template = tmp_path / "broken"
+    shutil.copytree(TEMPLATE, template)
+    body = template / "body.txt"
+    body.write_text(body.read_text() + "\n{{ recipient.nickname }}\n")
+    run(cli, "recipients", "import", str(TEMPLATE / "recipients.csv"))
+    run(cli, "campaign", "create", "broken", "--template", str(template),
+        "--to", "tag:principal", "--cc", "tag:cc", "--from", FROM)  # fmt: skip
+    output = run(cli, "campaign", "check", "broken", code=65)
+    line = len(body.read_text().splitlines())
+    for name in ("Thorbjørn Jagland", "Stella Kyriakides", "Wolfgang Schäuble"):
+        assert name in output
+    assert output.count(f"body.txt line {line}") >= 4  # one per recipient with email
+    assert "nickname" in output
+    assert "Sigmar Gabriel" in output and "no email address" in output
+
+    (template / "Open-letter-2017-11-07.pdf").unlink()
+    output = run(cli, "campaign", "check", "broken", code=65)
+    assert "Open-letter-2017-11-07.pdf" in output
+
+    run(cli, "campaign", "send", "broken", "--yes", code=65)
+    assert count(database_url, Delivery) == 0
+    assert smtp_server.messages == []
+
+
+def test_a_newline_in_the_sender_is_refused(cli: CliRunner, database_url: str) -> None:
+    run(cli, "recipients", "import", str(TEMPLATE / "recipients.csv"))
+    output = run(cli, "campaign", "create", "x", "--template", str(TEMPLATE),
+                 "--to", "tag:principal", "--from", "Evil\r\nBcc: all@example.org <a@b.org>",
+                 code=65)  # fmt: skip
+    assert "From" in output and "\\r\\n" in output
+    assert count(database_url, Campaign) == 0
+
+
+def test_a_selector_that_matches_nobody_is_an_error(cli: CliRunner, database_url: str) -> None:
+    run(cli, "recipients", "import", str(TEMPLATE / "recipients.csv"))
+    output = run(cli, "campaign", "create", "x", "--template", str(TEMPLATE),
+                 "--to", "tag:principle", "--from", FROM, code=66)  # fmt: skip
+    assert "tag:principle" in output
+    assert count(database_url, Campaign) == 0
+
+
+def test_preview_prints_and_writes_the_eml(
+    cli: CliRunner, database_url: str, tmp_path: Path
+) -> None:
+    run(cli, "recipients", "import", str(TEMPLATE / "recipients.yaml"))
+    run(cli, "campaign", "create", "open-letter", "--template", str(TEMPLATE), "--to",
+        "tag:principal", "--cc", "tag:cc", "--from", FROM, "--date", "2017-11-07")  # fmt: skip
+    eml = tmp_path / "schaeuble.eml"
+    output = run(cli, "campaign", "preview", "open-letter",
+                 "--recipient", "Wolfgang.Schaeuble@bundestag.de", "--eml", str(eml))  # fmt: skip
+    assert "Sehr geehrter Herr Präsident" in output
+    message = email.message_from_bytes(eml.read_bytes(), policy=email.policy.default)
+    assert message["To"].addresses[0].display_name.endswith("Wolfgang Schäuble")
+    assert [p.get_filename() for p in message.iter_attachments()]
+    assert count(database_url, Delivery) == 0  # a preview records nothing
+
+
+def test_unknown_campaign_lists_the_known_ones(cli: CliRunner) -> None:
+    output = run(cli, "campaign", "status", "nope", code=66)
+    assert "no campaign named 'nope'" in output
