@@ -120,13 +120,14 @@ def message_domain(campaign: Campaign, settings: Settings) -> str:
 def create_deliveries(session: Session, campaign: Campaign, settings: Settings) -> int:
     """One delivery per member and channel, created once: running this again adds only members
     who were not there before (the unique key makes a second row impossible)."""
-    existing = set(
-        session.execute(
+    existing = {
+        (recipient_id, channel)
+        for recipient_id, channel in session.execute(
             select(Delivery.recipient_id, Delivery.channel).where(
                 Delivery.campaign_id == campaign.id
             )
-        ).tuples()
-    )
+        )
+    }
     domain = message_domain(campaign, settings)
     now = utcnow()
     rows = [

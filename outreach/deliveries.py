@@ -185,11 +185,8 @@ def unknown_ids(session: Session, ids: Sequence[int], *, everything: bool) -> li
         return list(session.scalars(select(Delivery.id).where(Delivery.status == Status.UNKNOWN)))
     if not ids:
         raise InputError("name the deliveries to resend, or give --all-unknown")
-    found = dict(
-        session.execute(select(Delivery.id, Delivery.status).where(Delivery.id.in_(ids)))
-        .tuples()
-        .all()
-    )
+    rows = session.execute(select(Delivery.id, Delivery.status).where(Delivery.id.in_(ids)))
+    found = {delivery_id: status for delivery_id, status in rows}
     wrong = [
         f"{i} ({found.get(i, 'no such delivery')})" for i in ids if found.get(i) != Status.UNKNOWN
     ]

@@ -1,0 +1,109 @@
+"""The dispatcher's tick on a real database: schedules, windows, pace, recovery, completion."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import select
+
+from outreach import campaigns, db, deliveries, dispatch, registry
+from outreach.config import load_settings
+from outreach.models import Campaign, CampaignState, Delivery, Status, utcnow
+from outreach.windows import Window
+
+TEMPLATE = Path(__file__).resolve().parent.parent / "templates" / "open_letter"
+MONDAY_NOON = datetime(2026, 12, 7, 11, 0, tzinfo=UTC)
+
+
+def _campaign(url: str, at: datetime, **schedule: object) -> None:
+    settings = load_settings()
+    with db.session_scope(url) as session:
+        registry.import_file(session, TEMPLATE / "recipients.csv", settings=settings)
+        campaign = campaigns.create_campaign(
+            session, name="c", template_dir=TEMPLATE, sender="S <s@example.org>",
+            to=["tag:principal"], cc=["tag:cc"],
+        )  # fmt: skip
+        campaigns.schedule(session, campaign, settings, at=at, **schedule)  # type: ignore[arg-type]
+
+
+def _tick(url: str, now: datetime, **settings: object) -> dispatch.Tick:
+    with db.session_scope(url) as session:
+        return dispatch.tick(session, load_settings(**settings), now)
+
+
+def _statuses(url: str) -> list[str]:
+    with db.session_scope(url) as session:
+        return sorted(session.scalars(select(Delivery.status).where(Delivery.channel == "email")))
+
+
+def test_a_scheduled_campaign_starts_when_due_and_not_before(database_url: str) -> None:
+    _campaign(database_url, MONDAY_NOON)
+    early = _tick(database_url, MONDAY_NOON - timedelta(seconds=1))
+    assert early.batches == [] and early.started == []
+    assert _statuses(database_url) == ["pending"] * 4
+    due = _tick(database_url, MONDAY_NOON)
+    assert due.started == ["c"]
+    assert sorted(i for b in due.batches for i in b) and _statuses(database_url) == ["queued"] * 4
+
+
+def test_the_rate_paces_what_is_released(database_url: str) -> None:
+    now = utcnow()
+    _campaign(database_url, now)
+    tick = _tick(database_url, now, rate_per_second=1, dispatch_seconds=1)
+    assert sum(len(b) for b in tick.batches) == 2  # two ticks' worth at one a second
+    tick = _tick(database_url, now, rate_per_second=1, max_in_flight=2)
+    assert tick.batches == []  # two already in flight: the broker holds no more
+
+
+def test_outside_office_hours_deliveries_wait_for_their_window(database_url: str) -> None:
+    saturday = datetime(2026, 12, 5, 10, 0, tzinfo=UTC)
+    _campaign(database_url, saturday, window=Window.parse("mon-fri 08:00-18:00"))
+    assert _tick(database_url, saturday).batches == []
+    with db.session_scope(database_url) as session:
+        waits = set(
+            session.scalars(select(Delivery.next_attempt_at).where(Delivery.channel == "email"))
+        )
+    assert waits == {datetime(2026, 12, 7, 7, 0, tzinfo=UTC)}  # Monday 08:00 in Berlin/Strasbourg
+    assert _tick(database_url, datetime(2026, 12, 7, 7, 0, tzinfo=UTC)).batches
+
+
+def test_recovery_marks_lost_sending_unknown_and_requeues_lost_queued(database_url: str) -> None:
+    now = utcnow()
+    _campaign(database_url, now)
+    tick = _tick(database_url, now)
+    first, second, *_ = [i for b in tick.batches for i in b]
+    with db.session_scope(database_url) as session:
+        assert deliveries.claim(session, first)
+    assert _tick(database_url, now + timedelta(seconds=200), sending_timeout=300).unknown == 0
+    later = now + timedelta(seconds=400)
+    tick = _tick(database_url, later, sending_timeout=300, queued_timeout=300)
+    assert tick.unknown == 1 and tick.requeued == 3
+    assert second in [i for b in tick.batches for i in b]
+    assert _statuses(database_url) == ["queued", "queued", "queued", "unknown"]
+
+
+def test_a_campaign_with_nothing_left_is_done(database_url: str) -> None:
+    _campaign(database_url, MONDAY_NOON)
+    tick = _tick(database_url, MONDAY_NOON)
+    with db.session_scope(database_url) as session:
+        for delivery_id in [i for b in tick.batches for i in b]:
+            deliveries.claim(session, delivery_id)
+            deliveries.mark_sent(session, delivery_id, "250 ok")
+    assert _tick(database_url, MONDAY_NOON).finished == ["c"]
+    with db.session_scope(database_url) as session:
+        campaign = session.scalar(select(Campaign))
+        assert campaign is not None and campaign.state == CampaignState.DONE
+
+
+def test_pause_takes_back_queued_and_cancel_cancels_the_rest(database_url: str) -> None:
+    _campaign(database_url, MONDAY_NOON)
+    _tick(database_url, MONDAY_NOON)
+    with db.session_scope(database_url) as session:
+        campaign = campaigns.get_campaign(session, "c")
+        campaigns.pause(session, campaign, "by the team")
+    assert _statuses(database_url) == ["pending"] * 4
+    assert _tick(database_url, MONDAY_NOON).batches == []
+    with db.session_scope(database_url) as session:
+        assert campaigns.cancel(session, campaigns.get_campaign(session, "c")) == 5
+        assert set(session.scalars(select(Delivery.status))) == {Status.CANCELLED}
