@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import babel
 import phonenumbers
@@ -39,7 +40,7 @@ CSV_COLUMNS = (
     *("honorific", "given_name", "family_name", "position", "organisation", "department"),
     *ADDRESS_COLUMNS,
     *("city", "postcode", "country", "email", "phone", "fax", "language", "salutation"),
-    *("tags", "notes"),
+    *("tags", "notes", "timezone"),
 )
 YAML_KEYS = (*CSV_COLUMNS, "address_lines")
 LINE_FIELDS = ("honorific", "given_name", "family_name", "position", "organisation")
@@ -88,6 +89,7 @@ class RecipientData:
     salutation: str = ""
     tags: tuple[str, ...] = ()
     notes: str = ""
+    timezone: str = ""
 
     def columns(self) -> dict[str, Any]:
         """The values as the model holds them (lists where the dataclass keeps tuples)."""
@@ -270,6 +272,7 @@ def validate_row(raw: RawRow, *, settings: Settings) -> RecipientData:
         language=check("language", _language, values.get("language"), default="en"),
         tags=check("tags", _tags, values.get("tags"), default=()),
         notes=check("notes", _notes, values.get("notes"), default=""),
+        timezone=check("timezone", _timezone, values.get("timezone"), default=""),
     )
     _check_whole(check, data)
     if check.errors:
@@ -417,6 +420,17 @@ def _phone_reason(text: str, exc: phonenumbers.NumberParseException) -> str:
             return f"{text!r} has no country code; start it with + or fill in country"
         return f"{text!r} has an unknown country code"
     return f"{text!r} is not a phone number"
+
+
+def _timezone(value: object) -> str:
+    """An IANA zone ("Europe/Berlin") for send windows; empty means the country's."""
+    text = _line(value)
+    if text:
+        try:
+            ZoneInfo(text)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise _Invalid(f"unknown time zone {text!r}; use a name such as Europe/Berlin") from exc
+    return text
 
 
 def _language(value: object) -> str:

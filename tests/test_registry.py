@@ -431,6 +431,7 @@ def test_phone_numbers_become_e164(phone: str, country: str, expected: str) -> N
         ({"address_lines": ["a", ["b"]]}, "address_lines[2]", "expected text, got a list"),
         ({"tags": "ok; bad\nline"}, "tags", "contains a line break"),
         ({"honorific": "x" * 41}, "honorific", "longer than 40 characters"),
+        ({"timezone": "Mars/Olympus"}, "timezone", "unknown time zone 'Mars/Olympus'"),
     ],
 )
 def test_invalid_values_are_refused(values: dict[str, object], field: str, reason: str) -> None:
