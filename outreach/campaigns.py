@@ -17,6 +17,7 @@ from outreach import deliveries, registry
 from outreach.compose import check_header, make_message_id
 from outreach.config import Settings
 from outreach.errors import InputError, NotFound
+from outreach.fax import fax_address
 from outreach.letters import load_template
 from outreach.models import (
     Campaign,
@@ -135,15 +136,15 @@ def create_deliveries(session: Session, campaign: Campaign, settings: Settings) 
             "campaign_id": campaign.id,
             "recipient_id": m.recipient.id,
             "role": m.role,
-            "channel": m.channel,
+            "channel": channel,
             "status": Status.PENDING,
             "message_id": make_message_id(domain),
-            "address": m.recipient.email or "",
+            "address": _address_for(m.recipient, channel, settings),
             "created_at": now,
             "updated_at": now,
         }
         for m in members(session, campaign)
-        if (m.recipient.id, m.channel.value) not in existing
+        if (m.recipient.id, (channel := delivery_channel(m, settings)).value) not in existing
     ]
     if rows:
         session.execute(insert(Delivery), rows)
@@ -212,8 +213,10 @@ def cancel(session: Session, campaign: Campaign) -> int:
     return count
 
 
-def in_motion(session: Session, campaign: Campaign, now: datetime) -> int:
-    """Email deliveries that are moving or may move now: queued, sending, or pending and due.
+def in_motion(
+    session: Session, campaign: Campaign, now: datetime, channels: Sequence[Channel]
+) -> int:
+    """Deliveries that are moving or may move now: queued, sending, or pending and due.
     Zero means the campaign waits (for retries, a send window, its schedule) or is over."""
     if campaign.state not in (CampaignState.RUNNING, CampaignState.SCHEDULED):
         return 0
@@ -224,7 +227,7 @@ def in_motion(session: Session, campaign: Campaign, now: datetime) -> int:
         Delivery.next_attempt_at.is_(None) | (Delivery.next_attempt_at <= now)
     )
     query = select(func.count()).where(
-        Delivery.campaign_id == campaign.id, Delivery.channel == Channel.EMAIL, moving | due
+        Delivery.campaign_id == campaign.id, Delivery.channel.in_(channels), moving | due
     )
     return session.scalar(query) or 0
 
@@ -254,13 +257,32 @@ def log(session: Session, campaign: Campaign, detail: str) -> None:
 
 
 def status_counts(
-    session: Session, campaign: Campaign, channel: Channel | None = None
+    session: Session, campaign: Campaign, channels: Sequence[Channel] = ()
 ) -> dict[str, int]:
     """How many deliveries are in each status (one indexed GROUP BY)."""
     query = select(Delivery.status, func.count()).where(Delivery.campaign_id == campaign.id)
-    if channel is not None:
-        query = query.where(Delivery.channel == channel)
+    if channels:
+        query = query.where(Delivery.channel.in_(channels))
     return {status: n for status, n in session.execute(query.group_by(Delivery.status))}
+
+
+def delivery_channel(member: Member, settings: Settings) -> Channel:
+    """The registry's preference, except that fax needs a gateway: without one, by post."""
+    if member.channel == Channel.FAX and not settings.fax_gateway:
+        return Channel.POST
+    return member.channel
+
+
+def sendable_channels(settings: Settings) -> tuple[Channel, ...]:
+    """The channels the workers send by email: email itself, and fax through a gateway."""
+    return (Channel.EMAIL, Channel.FAX) if settings.fax_gateway else (Channel.EMAIL,)
+
+
+def _address_for(recipient: Recipient, channel: Channel, settings: Settings) -> str:
+    """Where the delivery goes: the email address, or the fax gateway's address for the number."""
+    if channel == Channel.FAX:
+        return fax_address(recipient.fax, settings)
+    return recipient.email or ""
 
 
 def _address(value: str) -> str:

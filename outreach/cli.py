@@ -28,7 +28,16 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 from typer.core import TyperGroup
 
-from outreach import campaigns, db, deliveries, mailbox, messages, registry, suppression
+from outreach import (
+    campaigns,
+    cli_letters,
+    db,
+    deliveries,
+    mailbox,
+    messages,
+    registry,
+    suppression,
+)
 from outreach.compose import compose
 from outreach.config import get_settings
 from outreach.errors import InputError, NotFound, OutreachError
@@ -70,6 +79,7 @@ app.add_typer(campaign_app, name="campaign")
 app.add_typer(deliveries_app, name="deliveries")
 app.add_typer(mailbox_app, name="mailbox")
 app.add_typer(suppress_app, name="suppress")
+cli_letters.register(campaign_app, deliveries_app)
 
 
 @contextmanager
@@ -262,6 +272,9 @@ def campaign_preview(
     eml: Annotated[
         Path | None, typer.Option(help="Also write the message to this .eml file")
     ] = None,
+    pdf: Annotated[
+        Path | None, typer.Option(help="Also write the recipient's PDF letter to this file")
+    ] = None,
 ) -> None:
     """Print one recipient's message as it would be sent."""
     with _session() as session:
@@ -270,6 +283,12 @@ def campaign_preview(
         if person.id not in {m.recipient.id for m in campaigns.members(session, campaign)}:
             raise NotFound(f"{recipient} is not a recipient of campaign {name}")
         kit = messages.load_kit(session, campaign)
+        if pdf is not None:
+            letter = messages.letter_pdf(kit, person)
+            pdf.write_bytes(letter.data)
+            out.print(f"written: {pdf} ({escape(letter.filename)}, {len(letter.data)} bytes)")
+            if not person.email:
+                return  # by post or fax: the letter is all there is
         domain = campaigns.message_domain(campaign, get_settings())
         spec = messages.draft(kit, person, f"<preview@{domain}>", utcnow())
     data = compose(spec)
@@ -355,8 +374,9 @@ def _watch(campaign_id: int) -> None:
             with _session() as session:
                 campaign = session.get(Campaign, campaign_id)
                 assert campaign is not None
-                counts = campaigns.status_counts(session, campaign, channel=Channel.EMAIL)
-                moving = campaigns.in_motion(session, campaign, utcnow())
+                channels = campaigns.sendable_channels(get_settings())
+                counts = campaigns.status_counts(session, campaign, channels)
+                moving = campaigns.in_motion(session, campaign, utcnow(), channels)
             emails = sum(counts.values())
             progress.update(task, total=emails, completed=emails - moving)
             if moving == 0:

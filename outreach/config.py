@@ -53,6 +53,26 @@ class Settings(BaseSettings):
     retry_max_seconds: float = Field(4 * 3600.0, gt=0)
     visibility_timeout: int = Field(3600, ge=60, description="Seconds before Redis redelivers")
     check_deliverability: bool = Field(False, description="DNS lookups when validating emails")
+    fax_gateway: str = Field(
+        "", description='Fax by email, e.g. "{fax}@fax.example.net"; empty: no fax, post instead'
+    )
+    imap_host: str = Field("", description="The team's mailbox for bounces and replies (IMAPS)")
+    imap_port: int = Field(993, description="IMAP over TLS (implicit TLS, not STARTTLS)")
+    imap_username: str = ""
+    imap_password: SecretStr = Field(SecretStr(""), description="From the environment only")
+    imap_ca_bundle: Path | None = Field(None, description="CA file to verify the IMAP server")
+    imap_timeout: float = Field(30.0, gt=0, description="Seconds for each IMAP step")
+    imap_folder: str = Field("INBOX", description="Where bounces and replies arrive")
+    imap_processed_folder: str = Field(
+        "", description="Matched messages are moved here; empty: left in place, remembered by UID"
+    )
+    bounce_address: str = Field(
+        "", description='VERP return path, e.g. "bounces+{token}@example.org"; empty: From'
+    )
+    verp_secret: SecretStr = Field(SecretStr(""), description="Key for VERP tokens (env only)")
+    presumed_delivered_after_hours: float = Field(
+        48.0, gt=0, description="A sent message with no bounce after this long is delivered"
+    )
     # Scheduling, throttling and recovery (the dispatcher and the workers).
     redis_url: str = Field("", description="Redis for shared rate limits; default the broker's")
     rate_per_second: float = Field(0, ge=0, description="Per SMTP account; 0 = no limit")

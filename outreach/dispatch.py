@@ -21,7 +21,6 @@ from outreach.models import Campaign, CampaignState, Channel, Delivery, Recipien
 from outreach.throttle import Limits
 from outreach.windows import Window, zone_for
 
-SENDABLE = (Channel.EMAIL,)
 OPEN = (Status.PENDING, Status.QUEUED, Status.SENDING, Status.DEFERRED)
 
 
@@ -55,10 +54,12 @@ def tick(session: Session, settings: Settings, now: datetime) -> Tick:
         limits = account_limits(settings).tighter(campaign.rate)
         budget = room if not limits.second else min(room, _paced(limits, settings))
         queued = _due_retries(session, campaign, now, budget)
-        queued += _queue(session, _releasable(session, campaign, now, budget - len(queued)))
+        channels = campaigns.sendable_channels(settings)
+        ready = _releasable(session, campaign, channels, now, budget - len(queued))
+        queued += _queue(session, ready)
         room -= len(queued)
         result.batches += _batches(queued, settings.batch_size)
-        if _finished(session, campaign):
+        if _finished(session, campaign, channels):
             campaign.state = CampaignState.DONE
             campaigns.log(session, campaign, "done: no delivery left to send")
             result.finished.append(campaign.name)
@@ -148,7 +149,9 @@ def _due_retries(session: Session, campaign: Campaign, now: datetime, budget: in
     )
 
 
-def _releasable(session: Session, campaign: Campaign, now: datetime, budget: int) -> list[int]:
+def _releasable(
+    session: Session, campaign: Campaign, channels: tuple[Channel, ...], now: datetime, budget: int
+) -> list[int]:
     """Pending deliveries that may go now; those outside their send window get the time it
     opens in `next_attempt_at` and wait."""
     if budget <= 0:
@@ -159,7 +162,7 @@ def _releasable(session: Session, campaign: Campaign, now: datetime, budget: int
         .where(
             Delivery.campaign_id == campaign.id,
             Delivery.status == Status.PENDING,
-            Delivery.channel.in_(SENDABLE),
+            Delivery.channel.in_(channels),
             or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
         )
         .order_by(Delivery.id)
@@ -186,10 +189,10 @@ def _queue(session: Session, ids: list[int]) -> list[int]:
     return deliveries.transition_many(session, ids, Status.PENDING, Status.QUEUED)
 
 
-def _finished(session: Session, campaign: Campaign) -> bool:
+def _finished(session: Session, campaign: Campaign, channels: tuple[Channel, ...]) -> bool:
     query = select(func.count()).where(
         Delivery.campaign_id == campaign.id,
-        Delivery.channel.in_(SENDABLE),
+        Delivery.channel.in_(channels),
         Delivery.status.in_(OPEN),
     )
     return not session.scalar(query)

@@ -5,10 +5,15 @@ A template folder holds:
     letter.toml   subject = "..." (a Jinja2 template; it must render to one line)
                   place = "Warsaw"                (optional: "Warsaw, 7 November 2017")
                   attachments = ["letter.pdf"]    (optional: files inside the folder)
+                  pdf_filename = "Letter-{{ date_iso }}.pdf"
+                                                  (optional: the personalised PDF's name, a
+                                                   template; see outreach.pdf)
+                  max_pages = 4                   (optional: a longer PDF letter is a problem)
                   [sender]                        (optional: letterhead and signature data,
                                                    any keys the templates use)
     body.txt      the text part (required)
     body.html     the HTML part (optional; autoescaped)
+    letter.html   the PDF letter's layout, with letter.css (optional; see outreach.pdf)
 
 Templates run in Jinja2's immutable sandbox with StrictUndefined: a missing variable is an error,
 not a blank, and no template can reach Python internals or change the data it is given. Block
@@ -53,7 +58,14 @@ SUBJECT = "letter.toml:subject"  # the subject template's name in error messages
 TEXT = "body.txt"
 HTML = "body.html"
 _FILES = ((SETTINGS, True), (TEXT, True), (HTML, False))
-KEYS = {"subject": str, "place": str, "attachments": list, "sender": dict}
+KEYS = {
+    "subject": str,
+    "place": str,
+    "attachments": list,
+    "sender": dict,
+    "pdf_filename": str,
+    "max_pages": int,
+}
 # Countries whose addresses put the city before the postcode.
 CITY_FIRST = {"GB", "IE", "US", "CA", "AU"}
 
@@ -69,6 +81,8 @@ class LetterTemplate:
     attachments: tuple[Path, ...] = ()
     place: str = ""
     sender: dict[str, Any] = field(default_factory=dict)
+    pdf_filename: str = ""
+    max_pages: int = 0  # 0: no limit
 
 
 @dataclass(frozen=True)
@@ -121,6 +135,8 @@ def _read(folder: Path) -> tuple[LetterTemplate | None, list[OutreachError]]:
         attachments=attachments,
         place=_typed(settings, "place", str, ""),
         sender=_typed(settings, "sender", dict, {}),
+        pdf_filename=_typed(settings, "pdf_filename", str, ""),
+        max_pages=_typed(settings, "max_pages", int, 0),
     )
     return template, problems
 
@@ -195,16 +211,36 @@ def _compile(template: LetterTemplate) -> tuple[dict[str, Template], list[Outrea
     sources = {SUBJECT: template.subject, TEXT: template.text}
     if template.html is not None:
         sources[HTML] = template.html
-    env = _environment()
     compiled: dict[str, Template] = {}
     problems: list[OutreachError] = []
     for name, source in sources.items():
-        try:  # named, so that errors and traceback frames carry the file name
-            code = env.compile(source, name=name, filename=name)
-            compiled[name] = env.template_class.from_code(env, code, env.make_globals(None))
-        except TemplateSyntaxError as exc:
-            problems.append(TemplateError(f"{name} line {exc.lineno}: {exc.message}"))
+        try:
+            compiled[name] = compile_named(name, source)
+        except TemplateError as exc:
+            problems.append(exc)
     return compiled, problems
+
+
+def compile_named(name: str, source: str) -> Template:
+    """One template of the folder in the sandbox (the PDF layout uses it too); TemplateError."""
+    env = _environment()
+    try:  # named, so that errors and traceback frames carry the file name
+        code = env.compile(source, name=name, filename=name)
+    except TemplateSyntaxError as exc:
+        raise TemplateError(f"{name} line {exc.lineno}: {exc.message}") from exc
+    return env.template_class.from_code(env, code, env.make_globals(None))
+
+
+def render_named(template: Template, name: str, context: Mapping[str, Any]) -> str:
+    """Render a template compiled by `compile_named`; any error becomes a TemplateError."""
+    try:
+        return template.render(context)
+    except Exception as exc:  # anything a template raises is the template's problem
+        line = _line(exc, name)
+        where = f"{name} line {line}" if line is not None else name
+        jinja = type(exc).__module__.startswith("jinja2")
+        reason = str(exc) if jinja else f"{type(exc).__name__}: {exc}"
+        raise TemplateError(f"{where}: {reason}") from exc
 
 
 def _line(exc: BaseException, name: str) -> int | None:
@@ -227,14 +263,7 @@ class LetterRenderer:
             raise problems[0]
 
     def _render(self, name: str, context: Mapping[str, Any]) -> str:
-        try:
-            return self._compiled[name].render(context)
-        except Exception as exc:  # anything a template raises is the template's problem
-            line = _line(exc, name)
-            where = f"{name} line {line}" if line is not None else name
-            jinja = type(exc).__module__.startswith("jinja2")
-            reason = str(exc) if jinja else f"{type(exc).__name__}: {exc}"
-            raise TemplateError(f"{where}: {reason}") from exc
+        return render_named(self._compiled[name], name, context)
 
     def render(self, context: Mapping[str, Any]) -> RenderedLetter:
         """Subject, text and HTML for one context (see the module docstring); TemplateError."""

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from outreach import campaigns
 from outreach.compose import Attachment, MessageSpec, attachment_from_path, compose, format_address
-from outreach.errors import OutreachError
+from outreach.errors import OutreachError, TemplateError
 from outreach.letters import (
     LetterRenderer,
     build_context,
@@ -36,6 +36,7 @@ from outreach.models import (
     Role,
     utcnow,
 )
+from outreach.pdf import PdfRenderer, layout_problems, renderer_for
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class Kit:
     copies: tuple[dict[str, Any], ...]
     place: str
     sender_info: dict[str, Any]
+    pdf: PdfRenderer | None = None  # the letter layout, when the folder has one
 
     def letter_date(self) -> date:
         return (self.campaign.letter_date or utcnow()).date()
@@ -66,14 +68,13 @@ def load_kit(session: Session, campaign: Campaign) -> Kit:
         copies=tuple(recipient_view(m.recipient) for m in people if m.role == Role.CC),
         place=template.place,
         sender_info=dict(template.sender),
+        pdf=renderer_for(Path(campaign.template_dir)),
     )
 
 
-def draft(kit: Kit, recipient: Recipient, message_id: str, when: datetime) -> MessageSpec:
-    """Render the letter for one recipient and address it to them (TemplateError, HeaderError)."""
-    view = recipient_view(recipient)
+def _context(kit: Kit, view: dict[str, Any]) -> dict[str, Any]:
     campaign = kit.campaign
-    context = build_context(
+    return build_context(
         recipient=view,
         campaign={"name": campaign.name, "sender": campaign.sender},
         sender=kit.sender_info,
@@ -82,21 +83,50 @@ def draft(kit: Kit, recipient: Recipient, message_id: str, when: datetime) -> Me
         letter_date=kit.letter_date(),
         place=kit.place,
     )
+
+
+def letter_pdf(kit: Kit, recipient: Recipient) -> Attachment:
+    """The recipient's personalised PDF letter, the bytes their message carries (TemplateError)."""
+    if kit.pdf is None:
+        raise TemplateError(f"{kit.campaign.template_dir}: no letter layout (letter.html)")
+    context = _context(kit, recipient_view(recipient))
+    return kit.pdf.attachment(context, kit.letter_date())
+
+
+def draft(
+    kit: Kit,
+    recipient: Recipient,
+    message_id: str,
+    when: datetime,
+    *,
+    channel: Channel = Channel.EMAIL,
+    address: str = "",
+) -> MessageSpec:
+    """Render the letter for one recipient and address it to them (TemplateError, HeaderError).
+    By fax, the message goes to `address` (the fax gateway's) and carries only the PDF letter."""
+    view = recipient_view(recipient)
+    campaign = kit.campaign
+    context = _context(kit, view)
     letter = kit.renderer.render(context)
+    attachments = kit.attachments
+    if channel == Channel.FAX:
+        attachments = (letter_pdf(kit, recipient),)
+    elif kit.pdf is not None:
+        attachments = (*attachments, kit.pdf.attachment(context, kit.letter_date()))
     return MessageSpec(
         message_id=message_id,
         date=when,
         sender=campaign.sender,
         to=format_address(
             view["display_name"] or view["department"] or view["organisation"],
-            recipient.email or "",
+            address or recipient.email or "",
         ),
         cc=tuple(campaign.cc),
         reply_to=campaign.reply_to,
         subject=letter.subject,
         text=letter.text,
         html=letter.html,
-        attachments=kit.attachments,
+        attachments=attachments,
     )
 
 
@@ -177,8 +207,9 @@ class CheckReport:
 
 def check(session: Session, campaign: Campaign) -> CheckReport:
     """Render and compose every message of the campaign, sending none; report every problem."""
+    folder = Path(campaign.template_dir)
     report = CheckReport(
-        problems=template_problems(Path(campaign.template_dir)), notes=[], drafts=[]
+        problems=template_problems(folder) + layout_problems(folder), notes=[], drafts=[]
     )
     if report.problems:
         return report
@@ -188,6 +219,7 @@ def check(session: Session, campaign: Campaign) -> CheckReport:
         who = _who(member.recipient)
         if member.channel != Channel.EMAIL:
             report.notes.append(f"{who}: no email address; to be reached by {member.channel}")
+            _check_letter(report, kit, member.recipient, who)
             continue
         try:
             spec = draft(kit, member.recipient, f"<check-{member.recipient.id}@outreach>", now)
@@ -197,6 +229,17 @@ def check(session: Session, campaign: Campaign) -> CheckReport:
             continue
         report.drafts.append((member.recipient, member.role, spec))
     return report
+
+
+def _check_letter(report: CheckReport, kit: Kit, recipient: Recipient, who: str) -> None:
+    """Render the PDF of a recipient reached by post or fax: its problems stop the campaign."""
+    if kit.pdf is None:
+        report.problems.append(f"{who}: no letter layout (letter.html) to print or fax")
+        return
+    try:
+        letter_pdf(kit, recipient)
+    except OutreachError as exc:
+        report.problems.append(f"{who}: {exc}")
 
 
 def _who(recipient: Recipient) -> str:

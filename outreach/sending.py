@@ -36,7 +36,7 @@ from outreach.errors import (
     UncertainSmtpError,
 )
 from outreach.messages import Kit, draft, keep, kept_spec, load_kit
-from outreach.models import Campaign, CampaignState, Delivery, Event, Status, utcnow
+from outreach.models import Campaign, CampaignState, Channel, Delivery, Event, Status, utcnow
 from outreach.smtp import Transport
 from outreach.throttle import Throttle, acquire
 
@@ -55,10 +55,14 @@ class KitCache:
         now = time.monotonic()
         cached = self._kits.get(campaign_id)
         if cached is None or now - cached[0] > KIT_TTL:
-            campaign = session.get(Campaign, campaign_id)
-            if campaign is None:
-                raise OutreachError(f"campaign {campaign_id} no longer exists")
-            cached = (now, load_kit(session, campaign))
+            # Loaded in a session of its own, closed at once (which detaches without expiring):
+            # the kit outlives the caller's session, whose rollback (a claim lost to another
+            # worker) would otherwise expire the campaign the kit holds for every later batch.
+            with Session(session.get_bind()) as own:
+                campaign = own.get(Campaign, campaign_id)
+                if campaign is None:
+                    raise OutreachError(f"campaign {campaign_id} no longer exists")
+                cached = (now, load_kit(own, campaign))
             self._kits[campaign_id] = cached
         return cached[1]
 
@@ -168,7 +172,14 @@ def _send_one(session: Session, delivery_id: int, sender: Sender) -> str:
         spec = kept_spec(delivery)
         if spec is None:
             kit = sender.kits.get(session, delivery.campaign_id)
-            spec = draft(kit, delivery.recipient, delivery.message_id, utcnow())
+            spec = draft(
+                kit,
+                delivery.recipient,
+                delivery.message_id,
+                utcnow(),
+                channel=Channel(delivery.channel),
+                address=delivery.address,
+            )
             keep(session, delivery, spec)
         data = compose(spec)
         rcpts = envelope_recipients(spec, delivery.campaign.bcc)
