@@ -31,6 +31,7 @@ from typer.core import TyperGroup
 from outreach import (
     campaigns,
     cli_letters,
+    cli_tracking,
     db,
     deliveries,
     mailbox,
@@ -80,6 +81,7 @@ app.add_typer(deliveries_app, name="deliveries")
 app.add_typer(mailbox_app, name="mailbox")
 app.add_typer(suppress_app, name="suppress")
 cli_letters.register(campaign_app, deliveries_app)
+cli_tracking.register(app, campaign_app)
 
 
 @contextmanager
@@ -507,6 +509,9 @@ def _print_status(name: str) -> None:
             .order_by(Delivery.role.desc(), Delivery.id)
         ).all()
         counts = campaigns.status_counts(session, campaign)
+        state = f"{campaign.state}: {campaign.paused_reason}" if campaign.paused_reason else ""
+        if campaign.resume_at:
+            state += f" (tries again at {campaign.resume_at:%Y-%m-%d %H:%M:%S} UTC)"
     table = Table("id", "role", "recipient", "channel", "status", "attempts", "last error / next")
     for d in rows:
         r = d.recipient
@@ -520,6 +525,8 @@ def _print_status(name: str) -> None:
     out.print(table)
     summary = ", ".join(f"{_styled(s)} {n}" for s, n in sorted(counts.items())) or "no deliveries"
     out.print(f"campaign {escape(name)}: {summary}")
+    if state:  # why it does not send: paused by the team, or by the circuit breaker
+        out.print(escape(state))
 
 
 def _styled(status: str) -> str:

@@ -15,17 +15,20 @@ byte for byte the one that was sent. Every header value is checked first: no CR,
 from __future__ import annotations
 
 import hashlib
+import io
 import mimetypes
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from email.headerregistry import Address
-from email.message import EmailMessage, MIMEPart
+from email.generator import BytesGenerator
+from email.headerregistry import Address, BaseHeader
+from email.message import EmailMessage, Message, MIMEPart
 from email.policy import SMTP
 from email.utils import format_datetime
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
+from typing import Any
 
 from outreach.errors import AttachmentError, HeaderError
 
@@ -51,16 +54,54 @@ class Attachment:
 
     @cached_property
     def part(self) -> MIMEPart:
-        """The encoded MIME part, built once and shared by every message that carries it."""
+        """The encoded MIME part, built and serialised once, shared by every message that
+        carries it: its base64 is written out as the bytes kept on it (see `_Generator`)."""
         check_header("attachment filename", self.filename)
         maintype, _, subtype = self.content_type.partition("/")
         if not maintype or not subtype or any(c in self.content_type for c in " \t\r\n;"):
             raise AttachmentError(f"{self.filename}: bad content type {self.content_type!r}")
-        part = MIMEPart(policy=SMTP)
+        part = _SerialisedPart(policy=SMTP)
         part.set_content(
             self.data, maintype, subtype, disposition="attachment", filename=self.filename
         )
+        buffer = io.BytesIO()
+        BytesGenerator(buffer, mangle_from_=False, policy=SMTP).flatten(part, linesep="\r\n")
+        part.wire = buffer.getvalue()
         return part
+
+
+class _SerialisedPart(MIMEPart):
+    """A part that will not change, with its bytes as BytesGenerator writes them under SMTP."""
+
+    wire: bytes = b""
+
+
+def _policy_key(policy: Any) -> tuple[Any, ...]:
+    return (policy.linesep, policy.max_line_length, policy.cte_type, policy.utf8)
+
+
+_SMTP_KEY = _policy_key(SMTP)
+
+
+class _Generator(BytesGenerator):
+    """BytesGenerator that writes a `_SerialisedPart` from its kept bytes instead of encoding
+    its 100 KB again: the same bytes, since they were made by the same generator and policy."""
+
+    def flatten(self, msg: Message, unixfrom: bool = False, linesep: str | None = None) -> None:
+        if isinstance(msg, _SerialisedPart) and msg.wire and not unixfrom:
+            policy = self.policy if self.policy is not None else msg.policy
+            if linesep is not None:
+                policy = policy.clone(linesep=linesep)
+            if not self.maxheaderlen and _policy_key(policy) == _SMTP_KEY:
+                self.write(msg.wire)  # BytesGenerator.write takes bytes as they are
+                return
+        super().flatten(msg, unixfrom=unixfrom, linesep=linesep)
+
+    def write(self, s: Any) -> None:
+        if isinstance(s, bytes):
+            self._fp.write(s)
+        else:
+            super().write(s)
 
 
 def attachment_from_path(path: Path) -> Attachment:
@@ -96,10 +137,17 @@ def check_header(name: str, value: str) -> None:
         raise HeaderError(f"{name}: line break or NUL in {value!r}")
 
 
+@lru_cache(maxsize=4096)
+def _header(name: str, value: str) -> BaseHeader:
+    """A header value parsed once: the same From, Cc and Subject recur in every message, and
+    each To is parsed for the header and again for the envelope. Header objects are immutable."""
+    return SMTP.header_factory(name, value)
+
+
 def parse_address(name: str, value: str) -> Address:
     """The one address a header value holds, or HeaderError naming the header."""
     check_header(name, value)
-    header = SMTP.header_factory(name, value)
+    header = _header(name, value)
     addresses = getattr(header, "addresses", ())
     if header.defects or len(addresses) != 1 or not addresses[0].domain:
         raise HeaderError(f"{name}: {value!r} is not one usable email address")
@@ -186,7 +234,7 @@ def build_message(spec: MessageSpec) -> EmailMessage:
     """The message as an EmailMessage (HeaderError, AttachmentError)."""
     message = EmailMessage(policy=SMTP)
     for name, value in _headers(spec):
-        message[name] = value
+        message[name] = _header(name, value)  # parsed once: the policy stores it as it is
     message["MIME-Version"] = "1.0"
     body = _text_part(spec.text, "plain")
     if spec.html is not None:
@@ -203,4 +251,6 @@ def build_message(spec: MessageSpec) -> EmailMessage:
 
 def compose(spec: MessageSpec) -> bytes:
     """The message's bytes, CRLF line ends, ready for SMTP DATA; the same for the same spec."""
-    return build_message(spec).as_bytes()
+    buffer = io.BytesIO()
+    _Generator(buffer, mangle_from_=False, policy=SMTP).flatten(build_message(spec))
+    return buffer.getvalue()

@@ -70,6 +70,7 @@ class Settings(BaseSettings):
         "", description='VERP return path, e.g. "bounces+{token}@example.org"; empty: From'
     )
     verp_secret: SecretStr = Field(SecretStr(""), description="Key for VERP tokens (env only)")
+    inbox_poll_seconds: float = Field(300, gt=0, description="How often workers read the inbox")
     presumed_delivered_after_hours: float = Field(
         48.0, gt=0, description="A sent message with no bounce after this long is delivered"
     )

@@ -48,11 +48,14 @@ def tick(session: Session, settings: Settings, now: datetime) -> Tick:
     """One step of every campaign; the caller commits, then queues `result.batches`."""
     result = Tick()
     _start_due(session, now, result)
+    _reopen(session, campaigns.sendable_channels(settings))
     _recover(session, settings, now, result)
     room = settings.max_in_flight - _in_flight(session)
     for campaign in _running(session):
         limits = account_limits(settings).tighter(campaign.rate)
-        budget = room if not limits.second else min(room, _paced(limits, settings))
+        budget = room
+        if limits.second:  # top up to two ticks' worth in flight: no backlog in the broker
+            budget = min(room, _paced(limits, settings) - _in_flight(session, campaign))
         queued = _due_retries(session, campaign, now, budget)
         channels = campaigns.sendable_channels(settings)
         ready = _releasable(session, campaign, channels, now, budget - len(queued))
@@ -80,6 +83,18 @@ def _start_due(session: Session, now: datetime, result: Tick) -> None:
         campaign.state, campaign.paused_reason, campaign.resume_at = CampaignState.RUNNING, "", None
         campaigns.log(session, campaign, "started" if was == CampaignState.SCHEDULED else "resumed")
         result.started.append(campaign.name)
+
+
+def _reopen(session: Session, channels: tuple[Channel, ...]) -> None:
+    """A done campaign with deliveries to send again (the operator resent `unknown` ones) runs
+    again until they are settled: their retries, and their release, are the dispatcher's."""
+    resent = select(Delivery.campaign_id).where(
+        Delivery.status.in_(OPEN), Delivery.channel.in_(channels)
+    )
+    query = select(Campaign).where(Campaign.state == CampaignState.DONE, Campaign.id.in_(resent))
+    for campaign in session.scalars(query):
+        campaign.state = CampaignState.RUNNING
+        campaigns.log(session, campaign, "running again: deliveries were resent")
 
 
 def _recover(session: Session, settings: Settings, now: datetime, result: Tick) -> None:
@@ -113,8 +128,10 @@ def _stale(session: Session, status: Status, before: datetime) -> list[int]:
     return list(session.scalars(query))
 
 
-def _in_flight(session: Session) -> int:
+def _in_flight(session: Session, campaign: Campaign | None = None) -> int:
     query = select(func.count()).where(Delivery.status.in_((Status.QUEUED, Status.SENDING)))
+    if campaign is not None:
+        query = query.where(Delivery.campaign_id == campaign.id)
     return session.scalar(query) or 0
 
 

@@ -9,6 +9,7 @@
     ├── AttachmentError           an attachment is missing or outside the template folder
     ├── NotFound                  a named campaign, recipient or delivery does not exist
     ├── TransitionError           a delivery status change the state machine forbids
+    ├── InboxError                the team's mailbox cannot be read (connection, TLS, login)
     └── SmtpError                 the SMTP conversation failed
         ├── TransientSmtpError    4xx, timeout, dropped connection: try again later
         ├── PermanentSmtpError    5xx: this message will never be accepted as it is
@@ -62,6 +63,10 @@ class NotFound(OutreachError):
 
 class TransitionError(OutreachError):
     exit_code = 70  # EX_SOFTWARE
+
+
+class InboxError(OutreachError):
+    exit_code = 69  # EX_UNAVAILABLE
 
 
 class SmtpError(OutreachError):

@@ -35,6 +35,8 @@ The context every template sees (all plain dicts, lists and strings):
     place        where the letter is written, from letter.toml ("" if none)
     sender       the [sender] table of letter.toml
     campaign     the campaign (name, sender)
+    original     in a follow-up, the first letter as this recipient got it: campaign, subject,
+                 date (in their language), sent_at, message_id; {} otherwise
 """
 
 from __future__ import annotations
@@ -350,9 +352,11 @@ def build_context(
     copies: list[Mapping[str, Any]],
     letter_date: date,
     place: str,
+    original: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The context for one recipient's copy; `recipient` and the lists are `recipient_view`s."""
     return {
+        "original": original or {},
         "recipient": recipient,
         "salutation": recipient["salutation"],
         "principals": principals,

@@ -8,15 +8,17 @@ bytes, the To and CC lists), so a worker prepares it once per campaign, not per 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from outreach import campaigns
+from outreach import campaigns, followups
 from outreach.compose import Attachment, MessageSpec, attachment_from_path, compose, format_address
 from outreach.errors import OutreachError, TemplateError
 from outreach.letters import (
@@ -51,6 +53,8 @@ class Kit:
     place: str
     sender_info: dict[str, Any]
     pdf: PdfRenderer | None = None  # the letter layout, when the folder has one
+    # A follow-up's first letter as each recipient got it, by recipient id.
+    originals: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     def letter_date(self) -> date:
         return (self.campaign.letter_date or utcnow()).date()
@@ -69,19 +73,25 @@ def load_kit(session: Session, campaign: Campaign) -> Kit:
         place=template.place,
         sender_info=dict(template.sender),
         pdf=renderer_for(Path(campaign.template_dir)),
+        originals={
+            m.recipient.id: followups.original_for(session, campaign, m.recipient) for m in people
+        }
+        if campaign.follow_up_of
+        else {},
     )
 
 
-def _context(kit: Kit, view: dict[str, Any]) -> dict[str, Any]:
+def _context(kit: Kit, recipient: Recipient) -> dict[str, Any]:
     campaign = kit.campaign
     return build_context(
-        recipient=view,
+        recipient=recipient_view(recipient),
         campaign={"name": campaign.name, "sender": campaign.sender},
         sender=kit.sender_info,
         principals=list(kit.principals),
         copies=list(kit.copies),
         letter_date=kit.letter_date(),
         place=kit.place,
+        original=kit.originals.get(recipient.id, {}),
     )
 
 
@@ -89,8 +99,7 @@ def letter_pdf(kit: Kit, recipient: Recipient) -> Attachment:
     """The recipient's personalised PDF letter, the bytes their message carries (TemplateError)."""
     if kit.pdf is None:
         raise TemplateError(f"{kit.campaign.template_dir}: no letter layout (letter.html)")
-    context = _context(kit, recipient_view(recipient))
-    return kit.pdf.attachment(context, kit.letter_date())
+    return kit.pdf.attachment(_context(kit, recipient), kit.letter_date())
 
 
 def draft(
@@ -104,9 +113,9 @@ def draft(
 ) -> MessageSpec:
     """Render the letter for one recipient and address it to them (TemplateError, HeaderError).
     By fax, the message goes to `address` (the fax gateway's) and carries only the PDF letter."""
-    view = recipient_view(recipient)
     campaign = kit.campaign
-    context = _context(kit, view)
+    context = _context(kit, recipient)
+    view = context["recipient"]
     letter = kit.renderer.render(context)
     attachments = kit.attachments
     if channel == Channel.FAX:
@@ -127,6 +136,7 @@ def draft(
         text=letter.text,
         html=letter.html,
         attachments=attachments,
+        extra_headers=followups.thread_headers(context["original"]),
     )
 
 
@@ -139,6 +149,7 @@ def keep(session: Session, delivery: Delivery, spec: MessageSpec) -> None:
         ["To", spec.to],
         ["Cc", list(spec.cc)],
         ["Reply-To", spec.reply_to],
+        ["Extra", [list(pair) for pair in spec.extra_headers]],
     ]
     delivery.subject, delivery.body_text, delivery.body_html = spec.subject, spec.text, spec.html
     stored = set(
@@ -148,20 +159,26 @@ def keep(session: Session, delivery: Delivery, spec: MessageSpec) -> None:
     )
     for position, attachment in enumerate(spec.attachments):
         if attachment.sha256 not in stored:
-            session.merge(
-                Blob(
-                    sha256=attachment.sha256,
-                    size=len(attachment.data),
-                    content_type=attachment.content_type,
-                    data=attachment.data,
-                )
-            )
+            _store_blob(session, attachment)
             stored.add(attachment.sha256)
         delivery.attachments.append(
             DeliveryAttachment(
                 position=position, sha256=attachment.sha256, filename=attachment.filename
             )
         )
+
+
+def _store_blob(session: Session, attachment: Attachment) -> None:
+    """Insert the bytes unless another worker just did (INSERT ... ON CONFLICT DO NOTHING)."""
+    dialect = session.get_bind().dialect.name
+    insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    values = {
+        "sha256": attachment.sha256,
+        "size": len(attachment.data),
+        "content_type": attachment.content_type,
+        "data": attachment.data,
+    }
+    session.execute(insert(Blob).values(**values).on_conflict_do_nothing())
 
 
 def kept_spec(delivery: Delivery) -> MessageSpec | None:
@@ -176,6 +193,7 @@ def kept_spec(delivery: Delivery) -> MessageSpec | None:
         to=h["To"],
         cc=tuple(h["Cc"]),
         reply_to=h["Reply-To"],
+        extra_headers=tuple((name, value) for name, value in h.get("Extra", [])),
         subject=delivery.subject,
         text=delivery.body_text,
         html=delivery.body_html,

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     ForeignKey,
     Index,
@@ -159,6 +160,10 @@ class Campaign(Base):
     rate: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     paused_reason: Mapped[str] = mapped_column(Text, default="")
     resume_at: Mapped[datetime | None] = mapped_column()  # set by the circuit breaker
+    # A follow-up campaign names the campaign it reminds of (tracking, followups.py).
+    follow_up_of: Mapped[int | None] = mapped_column(
+        ForeignKey("campaigns.id", ondelete="SET NULL")
+    )
 
     deliveries: Mapped[list[Delivery]] = relationship(back_populates="campaign")
 
@@ -180,6 +185,7 @@ class Delivery(Base):
     channel: Mapped[str] = mapped_column(String(8))
     status: Mapped[str] = mapped_column(String(16), default=Status.PENDING)
     outcome: Mapped[str] = mapped_column(String(24), default="")
+    outcome_at: Mapped[datetime | None] = mapped_column()  # when the outcome last changed
     message_id: Mapped[str] = mapped_column(String(300), unique=True)
     address: Mapped[str] = mapped_column(String(320), default="")  # where it went, as sent
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -253,3 +259,105 @@ class DeliveryAttachment(Base):
     filename: Mapped[str] = mapped_column(String(500))
 
     blob: Mapped[Blob] = relationship()
+
+
+class Outcome(StrEnum):
+    """What happened to a sent message afterwards (the second axis; tracking.py writes it)."""
+
+    DELAYED = "delayed"  # a DSN says the receiving side is still trying
+    DELIVERED = "delivered"  # confirmed by a DSN, or presumed: no bounce within the window
+    BOUNCED = "bounced"  # a DSN or an MTA's plain-text notice says it failed
+
+
+class InboundKind(StrEnum):
+    BOUNCE = "bounce"
+    DELAY = "delay"
+    DELIVERED = "delivered"  # a DSN that confirms delivery (rarely asked for)
+    REPLY = "reply"
+    AUTO_REPLY = "auto_reply"
+    UNMATCHED = "unmatched"  # kept and listed: nothing ties it to a delivery
+    MALFORMED = "malformed"  # kept and listed: it cannot be read as a message
+
+
+class InboundMessage(Base):
+    """One message read from the team's mailbox or an archive, kept whole whatever it is."""
+
+    __tablename__ = "inbound_messages"
+    __table_args__ = (UniqueConstraint("folder", "uidvalidity", "uid"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # Its Message-ID, else "sha256:" and the digest of its bytes: a message is counted once.
+    dedup_key: Mapped[str] = mapped_column(String(998), unique=True)
+    kind: Mapped[str] = mapped_column(String(16), index=True)
+    delivery_id: Mapped[int | None] = mapped_column(
+        ForeignKey("deliveries.id", ondelete="SET NULL"), index=True
+    )
+    matched_by: Mapped[str] = mapped_column(String(40), default="")  # how it was tied
+    source: Mapped[str] = mapped_column(String(1000), default="")  # "imap" or the imported path
+    folder: Mapped[str | None] = mapped_column(String(300))
+    uidvalidity: Mapped[int | None] = mapped_column(BigInteger)
+    uid: Mapped[int | None] = mapped_column(BigInteger)
+    sender: Mapped[str] = mapped_column(Text, default="")
+    subject: Mapped[str] = mapped_column(Text, default="")
+    sent_at: Mapped[datetime | None] = mapped_column()  # its Date header
+    detail: Mapped[str] = mapped_column(Text, default="")  # DSN status and diagnostic, or why
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class InboxState(Base):
+    """The highest UID read in one IMAP folder: a poll fetches only what came after it."""
+
+    __tablename__ = "inbox_state"
+
+    folder: Mapped[str] = mapped_column(String(300), primary_key=True)  # "user@host/INBOX"
+    uidvalidity: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    last_uid: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class ResponseKind(StrEnum):
+    REPLY = "reply"  # an email answer (tracking)
+    AUTO_REPLY = "auto_reply"  # an out-of-office or other machine answer: not an answer
+    ACKNOWLEDGED = "acknowledged"
+    ANSWERED = "answered"
+    DECLINED = "declined"
+    MEETING = "meeting"
+    OTHER = "other"
+
+
+class ResponseChannel(StrEnum):
+    EMAIL = "email"
+    POST = "post"
+    FAX = "fax"
+    PHONE = "phone"
+    MEETING = "meeting"
+
+
+class Response(Base):
+    """An answer from one recipient to one delivery, by email or recorded by the team."""
+
+    __tablename__ = "responses"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(
+        ForeignKey("deliveries.id", ondelete="CASCADE"), index=True
+    )
+    kind: Mapped[str] = mapped_column(String(16))
+    channel: Mapped[str] = mapped_column(String(16))
+    received_at: Mapped[datetime] = mapped_column()
+    sender: Mapped[str] = mapped_column(Text, default="")
+    subject: Mapped[str] = mapped_column(Text, default="")
+    excerpt: Mapped[str] = mapped_column(Text, default="")
+    note: Mapped[str] = mapped_column(Text, default="")
+    inbound_id: Mapped[int | None] = mapped_column(
+        ForeignKey("inbound_messages.id", ondelete="SET NULL"), unique=True
+    )
+    file_name: Mapped[str] = mapped_column(String(500), default="")
+    file_sha256: Mapped[str | None] = mapped_column(ForeignKey("blobs.sha256"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    delivery: Mapped[Delivery] = relationship()
+
+    @property
+    def counts_as_answer(self) -> bool:
+        return self.kind != ResponseKind.AUTO_REPLY

@@ -19,12 +19,11 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from email.utils import parseaddr
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from outreach import campaigns, deliveries, suppression
+from outreach import campaigns, deliveries, suppression, tracking
 from outreach.compose import compose, envelope_recipients
 from outreach.config import Settings
 from outreach.dispatch import account_limits
@@ -188,11 +187,14 @@ def _send_one(session: Session, delivery_id: int, sender: Sender) -> str:
         deliveries.mark_failed(session, delivery_id, str(exc), source=Status.QUEUED)
         session.commit()
         return Status.FAILED
+    # This attempt's number, read before the claim: the claim's ORM UPDATE also increments
+    # `delivery.attempts` in the session, so reading it afterwards would count one too many.
+    attempt = delivery.attempts + 1
     if not deliveries.claim(session, delivery_id):
         session.rollback()
         return "skipped"
     session.commit()  # the uncertain window opens: `sending` is on disk before the DATA
-    status = _deliver(session, delivery, delivery.attempts + 1, spec.sender, rcpts, data, sender)
+    status = _deliver(session, delivery, attempt, rcpts, data, sender)
     session.commit()  # ... and closes before the next message's DATA
     return status
 
@@ -203,7 +205,7 @@ def _refusal(session: Session, delivery: Delivery) -> tuple[Status, str] | None:
     state = delivery.campaign.state
     if state == CampaignState.CANCELLED:
         return Status.CANCELLED, "campaign cancelled"
-    if state != CampaignState.RUNNING:
+    if state not in (CampaignState.RUNNING, CampaignState.DONE):  # done: resent by the team
         return Status.PENDING, f"campaign {state}"
     reason = suppression.reason_for(session, delivery.address)
     if reason is not None:
@@ -215,7 +217,6 @@ def _deliver(
     session: Session,
     delivery: Delivery,
     attempts: int,
-    from_header: str,
     rcpts: list[str],
     data: bytes,
     sender: Sender,
@@ -224,7 +225,7 @@ def _deliver(
     delivery_id, settings = delivery.id, sender.settings
     try:
         refused = sender.transport.send(
-            sender=parseaddr(from_header)[1],
+            sender=tracking.return_path(delivery, settings),
             recipients=rcpts,
             data=data,
             smtputf8=settings.smtp_utf8,

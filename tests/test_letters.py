@@ -379,6 +379,7 @@ def test_context_keys_and_date_in_the_recipients_language() -> None:
     )
     assert set(ctx) == {
         "recipient", "salutation", "principals", "copies", "date", "place", "sender", "campaign",
+        "original",
     }  # fmt: skip
     assert ctx["date"] == "7. November 2017"
     assert ctx["salutation"] == "Sehr geehrter Herr Präsident"

@@ -25,10 +25,15 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,  # no worker sits on messages it is not working on
         "worker_concurrency": settings.worker_concurrency,
         "broker_connection_retry_on_startup": True,
+        # Redis lost: let a running batch finish (its rows say what it did; a redelivered copy
+        # finds them no longer `queued`) rather than kill it inside an uncertain window, which
+        # would leave `unknown` letters. Pinned: Celery 6 turns this on by default.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         "task_serializer": "json",
         "accept_content": ["json"],
         "beat_schedule": {
             "dispatch": {"task": "outreach.dispatch", "schedule": settings.dispatch_seconds},
+            "poll-inbox": {"task": "outreach.poll_inbox", "schedule": settings.inbox_poll_seconds},
         },
         "imports": ["workers.tasks"],
     }

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from functools import lru_cache
 
-from outreach import dispatch, sending
+from outreach import dispatch, inbox, sending
 from outreach.config import Settings, get_settings
 from outreach.db import session_factory, session_scope
 from outreach.models import utcnow
@@ -44,6 +44,18 @@ def dispatch_tick() -> dict[str, int]:
         tick = dispatch.tick(session, settings, utcnow())
     enqueue(tick.batches)  # after the commit: a worker must find them `queued`
     return {"queued": sum(len(b) for b in tick.batches), "unknown": tick.unknown}
+
+
+@app.task(name="outreach.poll_inbox")
+def poll_inbox() -> dict[str, int]:
+    """Read bounces and replies from the team's mailbox; without one, still presume the letters
+    that drew no bounce delivered."""
+    settings = get_settings()
+    if not settings.imap_host:
+        sessions = session_factory(settings.effective_database_url)
+        return {"presumed_delivered": inbox.presume(sessions, settings)}
+    report = inbox.poll_once(settings)
+    return {"read": report.read, "duplicates": report.duplicates, **report.kinds}
 
 
 def enqueue(batches: Iterable[list[int]]) -> None:
