@@ -1,0 +1,584 @@
+"""The whole comparison in one command: the SMTP ceiling, mailmerge and outreach (SQLite and
+PostgreSQL, Celery workers on Redis) into one Postfix smtp-sink, printed as one table.
+
+    .venv/bin/python benchmarks/run.py --sizes 1000,10000 --db sqlite,postgresql
+
+See benchmarks/README.md for the installs and what each figure means. Outputs (workload, logs,
+databases, results.json) go to benchmarks/out/, which git ignores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
+
+import workload  # noqa: E402
+
+PY = str(ROOT / ".venv" / "bin" / "python")
+CELERY = str(ROOT / ".venv" / "bin" / "celery")
+MAILMERGE = str(HERE / ".venv-mailmerge" / "bin" / "mailmerge")
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+TICK = os.sysconf("SC_CLK_TCK")
+OPEN_STATUSES = {"pending", "queued", "sending", "deferred"}
+
+
+# --- /proc ------------------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU of a process and of its waited-for children."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return sum(int(fields[i]) for i in (11, 12, 13, 14)) / TICK
+
+
+def peak_rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def all_pids() -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def cmdline(pid: int) -> str:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return ""
+    return raw.replace(b"\0", b" ").decode(errors="replace")
+
+
+def parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def tree(root: int) -> list[int]:
+    """A process and all its descendants."""
+    parents = {pid: parent(pid) for pid in all_pids()}
+    found, frontier = [root], [root]
+    while frontier:
+        frontier = [pid for pid, ppid in parents.items() if ppid in frontier]
+        found += frontier
+    return found
+
+
+class Monitor:
+    """Samples the CPU of named groups of processes every 0.2 s; a process that exits keeps its
+    last sample. Long-lived shared processes are counted from a baseline."""
+
+    def __init__(self, groups: dict[str, Callable[[], Iterable[int]]]) -> None:
+        self.groups = groups
+        self.seen: dict[str, dict[int, float]] = {name: {} for name in groups}
+        self.base: dict[str, dict[int, float]] = {name: {} for name in groups}
+        self.rss: dict[str, dict[int, float]] = {name: {} for name in groups}
+        self._stop = threading.Event()
+        self._sample(baseline=True)
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _sample(self, baseline: bool = False) -> None:
+        for name, pids in self.groups.items():
+            for pid in pids():
+                cpu = cpu_seconds(pid)
+                if cpu is None:
+                    continue
+                if baseline:
+                    self.base[name][pid] = cpu
+                self.seen[name][pid] = max(cpu, self.seen[name].get(pid, 0.0))
+                self.rss[name][pid] = peak_rss_mb(pid) or self.rss[name].get(pid, 0.0)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.2):
+            self._sample()
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        return {
+            name: sum(cpu - self.base[name].get(pid, 0.0) for pid, cpu in seen.items())
+            for name, seen in self.seen.items()
+        }
+
+
+def run_timed(cmd: list[str], **kwargs: object) -> tuple[float, float, int]:
+    """Wall seconds, CPU seconds (the process and its children) and exit code of a command."""
+    started = time.perf_counter()
+    process = subprocess.Popen(cmd, **kwargs)  # type: ignore[call-overload]
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return time.perf_counter() - started, usage.ru_utime + usage.ru_stime, process.returncode
+
+
+# --- services ---------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def postfix_master_pids() -> list[int]:
+    return [p for p in all_pids() if cmdline(p).startswith("/usr/lib/postfix/sbin/master")]
+
+
+@dataclass
+class Services:
+    out: Path
+    processes: list[subprocess.Popen] = field(default_factory=list)
+    sink_port: int = 0
+    redis_port: int = 0
+
+    def start(self) -> None:
+        if postfix_master_pids():
+            raise SystemExit("a Postfix master process runs: stop it (postfix stop) first")
+        self.sink_port, self.redis_port = free_port(), free_port()
+        log = (self.out / "sink.log").open("w")
+        self.sink = self._spawn(
+            ["smtp-sink", "-u", "postfix", "-m", "256", f"127.0.0.1:{self.sink_port}", "1024"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        self.redis = self._spawn(
+            ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--loglevel", "warning"],
+            stdout=(self.out / "redis.log").open("w"), stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        wait_port(self.sink_port)
+        wait_port(self.redis_port)
+
+    def _spawn(self, cmd: list[str], **kwargs: object) -> subprocess.Popen:
+        process = subprocess.Popen(cmd, **kwargs)  # type: ignore[call-overload]
+        self.processes.append(process)
+        return process
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            stop(process)
+
+    @property
+    def broker(self) -> str:
+        return f"redis://127.0.0.1:{self.redis_port}/0"
+
+
+def stop(process: subprocess.Popen, timeout: float = 30.0) -> None:
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+# --- rows of the table --------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    run: str
+    n: int
+    rate: float  # messages per second
+    cpu: dict[str, float]  # process group -> CPU seconds
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def cpu_ms(self) -> float:
+        return 1000 * sum(v for k, v in self.cpu.items() if not k.startswith("(")) / self.n
+
+
+def ceiling(services: Services, sample: Path, messages: int, sessions: list[int]) -> Result:
+    best: Result | None = None
+    for s in sessions:
+        monitor = Monitor({"smtp-sink": lambda: [services.sink.pid]})
+        wall, cpu, code = run_timed(
+            ["smtp-source", "-d", "-s", str(s), "-m", str(messages), "-F", str(sample),
+             "-f", "office@civicspace.example", "-t", "member@parliament.example.org",
+             f"127.0.0.1:{services.sink_port}"],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        sink = monitor.stop()
+        if code != 0:
+            raise RuntimeError(f"smtp-source exited {code}")
+        result = Result(
+            f"ceiling: smtp-source -s {s}", messages, messages / wall,
+            {"smtp-source": cpu, **sink},
+        )  # fmt: skip
+        print(f"  {result.run}: {result.rate:.0f} msg/s", flush=True)
+        if best is None or result.rate > best.rate:
+            best = result
+    assert best is not None
+    return best
+
+
+def peer(services: Services, n: int) -> Result:
+    folder = services.out / f"mailmerge-{n}"
+    workload.write_mailmerge(folder, n)
+    (folder / "mailmerge_server.conf").write_text(
+        f"[smtp_server]\nhost = 127.0.0.1\nport = {services.sink_port}\nsecurity = Never\n"
+    )
+    monitor = Monitor({"smtp-sink": lambda: [services.sink.pid]})
+    with (folder / "stdout.txt").open("w") as log:
+        wall, cpu, code = run_timed(
+            [MAILMERGE, "--no-dry-run", "--no-limit", "--output-format", "text",
+             "--template", "mailmerge_template.txt", "--database", "mailmerge_database.csv",
+             "--config", "mailmerge_server.conf"],
+            cwd=folder, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    sink = monitor.stop()
+    if code != 0:
+        raise RuntimeError(f"mailmerge exited {code}: see {folder / 'stdout.txt'}")
+    return Result(f"mailmerge 2.3, N={n}", n, n / wall, {"mailmerge": cpu, **sink})
+
+
+def fresh_database(kind: str, folder: Path) -> str:
+    if kind == "sqlite":
+        path = folder / "outreach.db"
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        return f"sqlite:///{path}"
+    import psycopg
+
+    name = f"outreach_bench_{folder.name.replace('-', '_')}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+
+
+def pg_backends(database: str) -> Callable[[], list[int]]:
+    marker = f" {database} "
+
+    def pids() -> list[int]:
+        lines = ((p, cmdline(p)) for p in all_pids())
+        return [p for p, line in lines if line.startswith("postgres: ") and marker in line]
+
+    return pids
+
+
+def pg_aux() -> list[int]:
+    names = ("checkpointer", "background writer", "walwriter")
+    return [p for p in all_pids() if any(f": {n}" in cmdline(p) for n in names)]
+
+
+def outreach_cli(env: dict[str, str], *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [PY, "-m", "outreach", *args], env=env, cwd=cwd, capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"outreach {' '.join(args)}: {result.stdout}\n{result.stderr}")
+    return result
+
+
+def in_process(url: str) -> tuple[float, float, float, float]:
+    """Seconds to create the campaign's deliveries (a probe campaign over the same recipients,
+    rolled back) and milliseconds of status_counts over the sent campaign (median of 5, first)."""
+    from sqlalchemy import func, select
+
+    from outreach import campaigns, db
+    from outreach.config import get_settings
+    from outreach.models import Event
+    from outreach.models import utcnow as now
+
+    settings = get_settings()
+    sessions = db.session_factory(url)
+    with sessions() as session:
+        campaign = campaigns.get_campaign(session, "bench")
+        timings = []
+        for _ in range(6):
+            started = time.perf_counter()
+            campaigns.status_counts(session, campaign)
+            timings.append(1000 * (time.perf_counter() - started))
+            session.rollback()
+        q = select(func.min(Event.created_at)).where(
+            Event.campaign_id == campaign.id, Event.to_status == "queued"
+        )
+        first = session.scalar(q)
+        last = session.scalar(
+            select(func.max(Event.created_at)).where(
+                Event.campaign_id == campaign.id, Event.to_status.in_(("sent", "failed"))
+            )
+        )
+        probe = campaigns.create_campaign(
+            session, name="probe", template_dir=workload.TEMPLATE, sender=workload.SENDER,
+            to=["tag:principal"],
+        )  # fmt: skip
+        started = time.perf_counter()
+        campaigns.schedule(session, probe, settings, at=now())
+        session.flush()
+        created = time.perf_counter() - started
+        session.rollback()
+    db.get_engine.cache_clear()
+    return created, statistics.median(timings[1:]), timings[0], (last - first).total_seconds()
+
+
+def outreach_run(services: Services, kind: str, n: int, args: argparse.Namespace) -> Result:
+    folder = services.out / f"outreach-{kind}-{n}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    csv_path = services.out / f"recipients-{n}.csv"
+    workload.write_recipients(csv_path, n)
+    url = fresh_database(kind, folder)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTREACH_")}
+    env.update(
+        OUTREACH_HOME=str(folder),
+        OUTREACH_DATABASE_URL=url,
+        OUTREACH_BROKER_URL=services.broker,
+        OUTREACH_SMTP_HOST="127.0.0.1",
+        OUTREACH_SMTP_PORT=str(services.sink_port),
+        OUTREACH_SMTP_SECURITY="plain",
+        OUTREACH_SENDER=workload.SENDER,
+        PYTHONPATH=str(ROOT),
+    )
+    if args.batch_size:
+        env["OUTREACH_BATCH_SIZE"] = str(args.batch_size)
+    outreach_cli(env, "db", "upgrade", cwd=folder)
+    started = time.perf_counter()
+    outreach_cli(env, "recipients", "import", str(csv_path), cwd=folder)
+    imported = time.perf_counter() - started
+    outreach_cli(env, "campaign", "create", "bench", "--template", str(workload.TEMPLATE),
+                 "--to", "tag:principal", "--date", workload.LETTER_DATE.isoformat(),
+                 cwd=folder)  # fmt: skip
+    subprocess.run(
+        ["redis-cli", "-p", str(services.redis_port), "flushall"], check=True,
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    logs = (folder / "workers.log").open("w")
+    workers = [
+        subprocess.Popen(
+            [
+                CELERY,
+                "-A",
+                "workers",
+                "worker",
+                "--pool",
+                "prefork",
+                "--concurrency",
+                str(args.concurrency),
+                "--without-mingle",
+                "--without-gossip",
+                "--without-heartbeat",
+                "--loglevel",
+                "WARNING",
+                "-n",
+                f"bench{i}@%h",
+            ],
+            env=env,
+            cwd=ROOT,
+            stdout=logs,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        for i in range(args.workers)
+    ]
+    beat = subprocess.Popen(
+        [CELERY, "-A", "workers", "beat", "--loglevel", "WARNING",
+         "-s", str(folder / "beat-schedule")],
+        env=env, cwd=ROOT, stdout=logs, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    time.sleep(3)  # the workers' pools are up
+    groups: dict[str, Callable[[], Iterable[int]]] = {
+        "workers": lambda: [p for w in workers for p in tree(w.pid)],
+        "beat": lambda: tree(beat.pid),
+        "redis": lambda: [services.redis.pid],
+        "smtp-sink": lambda: [services.sink.pid],
+    }
+    if kind == "postgresql":
+        groups["postgresql backends"] = pg_backends(url.rsplit("/", 1)[1])
+        groups["(postgresql aux, shared)"] = pg_aux
+    monitor = Monitor(groups)
+    send_wall, send_cpu, code = run_timed(
+        [PY, "-m", "outreach", "campaign", "send", "bench", "--yes", "--no-wait"],
+        env=env, cwd=folder, stdout=(folder / "send.log").open("w"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    if code != 0:
+        raise RuntimeError(f"campaign send exited {code}: see {folder / 'send.log'}")
+    deadline = time.monotonic() + args.timeout
+    while not done(url):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{kind} N={n}: not done after {args.timeout} s")
+        time.sleep(0.5)
+    cpu = monitor.stop()
+    rss = max(
+        (mb for pid, mb in monitor.rss["workers"].items() if pid not in {w.pid for w in workers}),
+        default=0.0,
+    )
+    for process in [beat, *workers]:
+        stop(process)
+    os.environ["OUTREACH_DATABASE_URL"] = url  # for get_settings() in in_process
+    created, counts_ms, counts_first_ms, elapsed = in_process(url)
+    sent = count_sent(url)
+    if sent != n:
+        print(f"  warning: {sent} of {n} sent", flush=True)
+    if kind == "postgresql" and not args.keep:
+        fresh_database_drop(url)
+    cpu["(campaign send: check all, CLI)"] = send_cpu
+    return Result(
+        f"outreach {kind}, N={n}", n, n / elapsed, cpu,
+        {"rss": rss, "create_s": created, "counts_ms": counts_ms,
+         "counts_first_ms": counts_first_ms, "send_cmd_s": send_wall, "import_s": imported,
+         "elapsed_s": elapsed},
+    )  # fmt: skip
+
+
+def done(url: str) -> bool:
+    from sqlalchemy import create_engine, text
+
+    engine = _engines.setdefault(
+        url, create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT status, count(*) FROM deliveries GROUP BY status")).all()
+    return bool(rows) and not any(status in OPEN_STATUSES for status, _ in rows)
+
+
+def count_sent(url: str) -> int:
+    from sqlalchemy import text
+
+    with _engines[url].connect() as conn:
+        return conn.execute(text("SELECT count(*) FROM deliveries WHERE status='sent'")).scalar()
+
+
+_engines: dict = {}
+
+
+def fresh_database_drop(url: str) -> None:
+    import psycopg
+
+    _engines.pop(url).dispose()
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+
+
+# --- the table --------------------------------------------------------------------------------
+
+
+def table(ceil: Result, peers: dict[int, Result], runs: list[Result]) -> str:
+    head = ("run / process", "msg/s", "x ceiling", "x mailmerge", "CPU ms/msg", "worker RSS MB",
+            "create s", "counts ms", "send cmd s")  # fmt: skip
+    rows: list[tuple[str, ...]] = []
+
+    def add(result: Result, ratio_peer: Result | None) -> None:
+        extra = result.extra
+        rows.append((
+            result.run, f"{result.rate:,.0f}", f"{result.rate / ceil.rate:.2f}",
+            f"{result.rate / ratio_peer.rate:.1f}" if ratio_peer else "",
+            f"{result.cpu_ms:.2f}", f"{extra['rss']:.0f}" if "rss" in extra else "",
+            f"{extra['create_s']:.2f}" if "create_s" in extra else "",
+            f"{extra['counts_ms']:.1f}" if "counts_ms" in extra else "",
+            f"{extra['send_cmd_s']:.1f}" if "send_cmd_s" in extra else "",
+        ))  # fmt: skip
+        for name, seconds in result.cpu.items():
+            rows.append((f"  {name}", "", "", "", f"{1000 * seconds / result.n:.2f}",
+                         "", "", "", ""))  # fmt: skip
+
+    add(ceil, None)
+    for _, result in sorted(peers.items()):
+        add(result, None)
+    for result in runs:
+        add(result, peers.get(result.n) or peers[max(peers)])
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    lines = [
+        "  ".join(
+            h.ljust(w) if i == 0 else h.rjust(w)
+            for i, (h, w) in enumerate(zip(r, widths, strict=True))
+        )
+        for r in [head, *rows]
+    ]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="1000,10000", help="Recipients per run, comma-separated")
+    parser.add_argument("--db", default="sqlite,postgresql", help="sqlite, postgresql or both")
+    parser.add_argument("--workers", type=int, default=1, help="celery worker processes")
+    parser.add_argument("--concurrency", type=int, default=4, help="pool processes per worker")
+    parser.add_argument("--batch-size", type=int, default=0, help="OUTREACH_BATCH_SIZE; 0: default")
+    parser.add_argument("--sessions", default="4,8,16", help="smtp-source sessions to try")
+    parser.add_argument("--ceiling-messages", type=int, default=20000)
+    parser.add_argument(
+        "--peer-max",
+        type=int,
+        default=10000,
+        help="mailmerge sends at most this many (it runs at ~100 msg/s)",
+    )
+    parser.add_argument("--timeout", type=float, default=3600)
+    parser.add_argument("--keep", action="store_true", help="keep the PostgreSQL databases")
+    parser.add_argument("--out", type=Path, default=HERE / "out")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    args.out.mkdir(parents=True, exist_ok=True)
+    workload.write_pdf()
+    sample = args.out / "sample.eml"
+    size = workload.sample_message(sample)
+    services = Services(args.out)
+    services.start()
+    try:
+        print(f"message: {size:,} bytes; sink on :{services.sink_port}, redis on "
+              f":{services.redis_port}", flush=True)  # fmt: skip
+        sessions = [int(s) for s in args.sessions.split(",")]
+        ceil = ceiling(services, sample, args.ceiling_messages, sessions)
+        peers: dict[int, Result] = {}
+        for n in sorted({min(n, args.peer_max) for n in sizes}):
+            peers[n] = peer(services, n)
+            print(f"  {peers[n].run}: {peers[n].rate:.0f} msg/s", flush=True)
+        runs = []
+        for kind in args.db.split(","):
+            for n in sizes:
+                result = outreach_run(services, kind, n, args)
+                print(f"  {result.run}: {result.rate:.0f} msg/s, {result.cpu_ms:.2f} CPU ms/msg, "
+                      f"load average {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
+                runs.append(result)
+    finally:
+        services.stop()
+        if postfix_master_pids():
+            print("warning: a Postfix master process is running", flush=True)
+    print()
+    print(table(ceil, {min(n, args.peer_max): peers[min(n, args.peer_max)] for n in sizes}, runs))
+    (args.out / "results.json").write_text(json.dumps(
+        [r.__dict__ for r in [ceil, *peers.values(), *runs]], indent=1, default=str))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
