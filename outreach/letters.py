@@ -42,14 +42,14 @@ The context every template sees (all plain dicts, lists and strings):
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 import phonenumbers
-from jinja2 import StrictUndefined, Template, TemplateSyntaxError, select_autoescape
+from jinja2 import StrictUndefined, Template, TemplateSyntaxError, meta, select_autoescape
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from outreach.errors import AttachmentError, OutreachError, TemplateError
@@ -195,6 +195,29 @@ def _attachments(folder: Path, names: Any, problems: list[OutreachError]) -> tup
         else:
             paths.append(path)
     return tuple(paths)
+
+
+CONTEXT_KEYS = (
+    *("recipient", "salutation", "principals", "copies", "date", "place", "sender", "campaign"),
+    "original",
+)
+
+
+def variables(template: LetterTemplate) -> frozenset[str]:
+    """The context names the folder's templates use (the PDF layout's too): what a worker
+    need not prepare, e.g. the To and CC lists of a mass mailing that never prints them."""
+    sources = [template.subject, template.text, template.html or ""]
+    layout = template.folder / "letter.html"
+    if layout.is_file():
+        sources.append(layout.read_text(encoding="utf-8"))
+    env = _environment()
+    names: set[str] = set()
+    for source in sources:
+        try:
+            names |= meta.find_undeclared_variables(env.parse(source))
+        except TemplateSyntaxError:
+            return frozenset(CONTEXT_KEYS)  # reported elsewhere; assume everything is used
+    return frozenset(names)
 
 
 def _environment() -> ImmutableSandboxedEnvironment:
@@ -348,8 +371,8 @@ def build_context(
     recipient: Mapping[str, Any],
     campaign: Mapping[str, Any],
     sender: Mapping[str, Any],
-    principals: list[Mapping[str, Any]],
-    copies: list[Mapping[str, Any]],
+    principals: Sequence[Mapping[str, Any]],
+    copies: Sequence[Mapping[str, Any]],
     letter_date: date,
     place: str,
     original: Mapping[str, Any] | None = None,

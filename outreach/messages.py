@@ -27,6 +27,7 @@ from outreach.letters import (
     load_template,
     recipient_view,
     template_problems,
+    variables,
 )
 from outreach.models import (
     Blob,
@@ -61,9 +62,11 @@ class Kit:
 
 
 def load_kit(session: Session, campaign: Campaign) -> Kit:
-    """Load and compile the campaign's template and read its attachments, once."""
+    """Load and compile the campaign's template and read its attachments, once. The To and CC
+    lists are built only when a template prints them: a mass mailing's would not fit a worker."""
     template = load_template(Path(campaign.template_dir))
-    people = campaigns.members(session, campaign)
+    used = variables(template)
+    people = campaigns.members(session, campaign) if {"principals", "copies"} & used else []
     return Kit(
         campaign=campaign,
         renderer=LetterRenderer(template),
@@ -73,12 +76,18 @@ def load_kit(session: Session, campaign: Campaign) -> Kit:
         place=template.place,
         sender_info=dict(template.sender),
         pdf=renderer_for(Path(campaign.template_dir)),
-        originals={
-            m.recipient.id: followups.original_for(session, campaign, m.recipient) for m in people
-        }
-        if campaign.follow_up_of
-        else {},
+        originals=_originals(session, campaign),
     )
+
+
+def _originals(session: Session, campaign: Campaign) -> dict[int, dict[str, Any]]:
+    """A follow-up's first letter as each of its recipients got it (for threading, too)."""
+    if not campaign.follow_up_of:
+        return {}
+    return {
+        m.recipient.id: followups.original_for(session, campaign, m.recipient)
+        for m in campaigns.members(session, campaign)
+    }
 
 
 def _context(kit: Kit, recipient: Recipient) -> dict[str, Any]:
@@ -87,8 +96,8 @@ def _context(kit: Kit, recipient: Recipient) -> dict[str, Any]:
         recipient=recipient_view(recipient),
         campaign={"name": campaign.name, "sender": campaign.sender},
         sender=kit.sender_info,
-        principals=list(kit.principals),
-        copies=list(kit.copies),
+        principals=kit.principals,
+        copies=kit.copies,
         letter_date=kit.letter_date(),
         place=kit.place,
         original=kit.originals.get(recipient.id, {}),
