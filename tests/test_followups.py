@@ -3,6 +3,8 @@ campaign, and what the reminder's template learns of the first letter."""
 
 from __future__ import annotations
 
+import email
+import email.policy
 from datetime import timedelta
 from pathlib import Path
 
@@ -12,8 +14,9 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
-from outreach import campaigns, db, followups, tracking
+from outreach import campaigns, db, followups, messages, tracking
 from outreach.cli_tracking import register
+from outreach.compose import compose
 from outreach.config import Settings, load_settings
 from outreach.errors import InputError
 from outreach.letters import LetterRenderer, build_context, load_template, recipient_view
@@ -168,3 +171,30 @@ def test_cli_follow_up(
     ])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "campaign open-letter-reminder created for 2 recipient(s)" in result.output
+
+
+def test_the_reminder_is_drafted_threaded_and_kept_as_sent(
+    session: Session, first: tuple[Campaign, dict[str, Sent]], reminder: Path
+) -> None:
+    """Through the same path the workers use: the message names the first letter in its
+    subject and body, is threaded to it, and is rebuilt byte for byte from what was kept."""
+    original, sent = first
+    follow_up = followups.create_follow_up(
+        session, original, template_dir=reminder, no_answer_after=timedelta(days=14), now=utcnow()
+    )
+    person = next(m.recipient for m in campaigns.members(session, follow_up) if m.role == "to")
+    first_letter = next(s for s in sent.values() if s.address == person.email)
+    kit = messages.load_kit(session, follow_up)
+    spec = messages.draft(kit, person, "<reminder-1@odfoundation.example>", utcnow())
+    message = email.message_from_bytes(compose(spec), policy=email.policy.default)
+    assert message["Subject"] == f"Reminder: {first_letter.subject}"
+    assert message["In-Reply-To"] == first_letter.message_id
+    assert message["References"] == first_letter.message_id
+    delivery = Delivery(
+        campaign_id=follow_up.id, recipient_id=person.id, role="to", channel="email",
+        message_id=spec.message_id, address=person.email or "",
+    )  # fmt: skip
+    session.add(delivery)
+    messages.keep(session, delivery, spec)
+    session.flush()
+    assert messages.rebuild(delivery) == compose(spec)
