@@ -42,7 +42,9 @@ from outreach import (
 from outreach.compose import compose
 from outreach.config import get_settings
 from outreach.errors import InputError, NotFound, OutreachError
+from outreach.inbox import ImapMailbox
 from outreach.models import Campaign, Channel, Delivery, Status, utcnow
+from outreach.reconcile import reconcile
 from outreach.windows import Window
 
 out = Console(highlight=False)
@@ -596,6 +598,23 @@ def deliveries_resend(
         ]
     )
     out.print(f"{len(requeued)} delivery(ies) queued again")
+
+
+@deliveries_app.command("reconcile")
+def deliveries_reconcile() -> None:
+    """Settle `unknown` deliveries by finding their archive copy (the campaign's Bcc to the
+    team's own mailbox) over IMAP: found means the server took the message."""
+    settings = get_settings()
+    sessions = db.session_factory(settings.effective_database_url)
+    with ImapMailbox.connect(settings) as box:
+        result = reconcile(sessions, box, settings.archive_folder or settings.imap_folder)
+    out.print(
+        f"{len(result.found)} found in the archive and marked sent; "
+        f"{len(result.missing)} not found (still unknown); "
+        f"{len(result.no_archive)} in campaigns without a Bcc archive copy"
+    )
+    if result.missing or result.no_archive:
+        out.print("decide for those: `outreach deliveries resend ID...` sends them again")
 
 
 @deliveries_app.command("show")

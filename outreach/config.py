@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     imap_ca_bundle: Path | None = Field(None, description="CA file to verify the IMAP server")
     imap_timeout: float = Field(30.0, gt=0, description="Seconds for each IMAP step")
     imap_folder: str = Field("INBOX", description="Where bounces and replies arrive")
+    archive_folder: str = Field(
+        "", description="Where the campaign's Bcc archive copies arrive; default imap_folder"
+    )
     imap_processed_folder: str = Field(
         "", description="Matched messages are moved here; empty: left in place, remembered by UID"
     )

@@ -130,6 +130,14 @@ class ImapMailbox:
         found = (int(u) for chunk in data if chunk for u in bytes(chunk).split())
         return sorted(u for u in found if u > last)
 
+    def has_message_id(self, message_id: str) -> bool:
+        """Whether a message of the open folder carries this Message-ID."""
+        data = self._call(
+            "UID SEARCH HEADER", self.conn.uid, "SEARCH", None, "HEADER", "Message-ID",
+            _quote(message_id),
+        )  # fmt: skip
+        return any(bytes(chunk).split() for chunk in data if chunk)
+
     def fetch(self, uid: int) -> bytes:
         """The whole message, without setting \\Seen."""
         data = self._call(f"UID FETCH {uid}", self.conn.uid, "FETCH", str(uid), "(BODY.PEEK[])")
