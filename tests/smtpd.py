@@ -2,7 +2,10 @@
 
 It records every message it accepts (envelope and raw bytes), counts connections, and answers
 with faults set per recipient while it runs: a reply at RCPT or at DATA, or a connection dropped
-at DATA, always or only the first N times. Optionally TLS (STARTTLS or implicit) with a
+at DATA, always or only the first N times; or it runs the test's own code once a message's DATA
+has arrived and before it replies (`on_data`: e.g. kill the client in its uncertain window).
+`BadServer` is not SMTP at all: silent after connecting, or one line (a 421) and close.
+Optionally TLS (STARTTLS or implicit) with a
 certificate from a test CA (trustme), and AUTH with USERNAME and PASSWORD.
 
 Fixtures: `smtp_pki` (session), `smtp_server` (plain, no AUTH) and `tls_smtp_server` (a factory).
@@ -11,11 +14,13 @@ Fixtures: `smtp_pki` (session), `smtp_server` (plain, no AUTH) and `tls_smtp_ser
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -67,6 +72,7 @@ class Received:
     mail_options: list[str]
     login: str | None  # who had logged in; None without AUTH
     tls: bool
+    at: float = 0.0  # time.time() when the server accepted it
 
 
 @dataclass
@@ -75,6 +81,18 @@ class Fault:
     address: str
     reply: str
     times: int | None  # None: every time; else this many times, then accept
+
+
+DataHook = Callable[[tuple[str, int]], str | None]
+"""Called with the client's (host, port) once a message's DATA has arrived, before the reply.
+It returns the reply to send instead (the message is then not recorded), or None to go on."""
+
+
+@dataclass
+class Hook:
+    address: str
+    callback: DataHook
+    times: int | None
 
 
 class RecordingServer:
@@ -87,15 +105,17 @@ class RecordingServer:
         auth: bool = False,
         auth_require_tls: bool = True,
         pki: Pki | None = None,
+        port: int = 0,
     ) -> None:
         if security != "plain" and pki is None:
             raise ValueError(f"a {security} server needs a Pki")
-        self.host, self.port = "127.0.0.1", 0
+        self.host, self.port = "127.0.0.1", port  # 0: a free port, known once started
         self.security, self.auth, self.pki = security, auth, pki
         self.connections = 0
         self.logins: list[tuple[str, bool]] = []  # (login, accepted) for every AUTH attempt
         self._messages: list[Received] = []
         self._faults: list[Fault] = []
+        self._hooks: list[Hook] = []
         self._lock = threading.Lock()
         self._live: weakref.WeakSet[SMTP] = weakref.WeakSet()
         self._controller = _Controller(
@@ -105,7 +125,7 @@ class RecordingServer:
     def _smtp_options(self, auth_require_tls: bool) -> dict[str, Any]:
         options: dict[str, Any] = {
             "hostname": self.host,
-            "port": 0,
+            "port": self.port,
             "server_hostname": "localhost",
             "decode_data": False,
             "enable_SMTPUTF8": True,
@@ -182,9 +202,15 @@ class RecordingServer:
         """Close the connection, after reading the message to address, instead of replying."""
         self._add_fault("drop", address, "", times)
 
+    def on_data(self, address: str, callback: DataHook, *, times: int | None = None) -> None:
+        """Call `callback(peer)` when a message to address has been received, before replying."""
+        with self._lock:
+            self._hooks.append(Hook(address.lower(), callback, times))
+
     def clear_faults(self) -> None:
         with self._lock:
             self._faults.clear()
+            self._hooks.clear()
 
     def drop_connections(self) -> None:
         """Close every open connection now, as a server does with idle ones."""
@@ -209,6 +235,16 @@ class RecordingServer:
                     if fault.times is not None:
                         fault.times -= 1
                     return fault
+        return None
+
+    def _take_hook(self, addresses: list[str]) -> Hook | None:
+        wanted = {a.lower() for a in addresses}
+        with self._lock:
+            for hook in self._hooks:
+                if hook.address in wanted and hook.times != 0:
+                    if hook.times is not None:
+                        hook.times -= 1
+                    return hook
         return None
 
     # --- called from the server's thread -------------------------------------------------------
@@ -274,6 +310,11 @@ class _Handler:
         return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        hook = self.owner._take_hook(envelope.rcpt_tos)
+        if hook is not None:
+            reply = hook.callback(session.peer)
+            if reply is not None:
+                return reply
         if self.owner._take_fault("drop", envelope.rcpt_tos) is not None:
             assert server.transport is not None
             server.transport.close()
@@ -295,7 +336,57 @@ def _received(server: SMTP, session: Session, envelope: Envelope) -> Received:
         mail_options=list(envelope.mail_options),
         login=login.decode() if isinstance(login, bytes) else None,
         tls=server.transport.get_extra_info("ssl_object") is not None,
+        at=time.time(),
     )
+
+
+class BadServer:
+    """Not an SMTP server: it accepts TCP connections on 127.0.0.1 and either never says a word
+    (`greeting=None`: a client waits for its timeout) or sends one line, such as
+    "421 4.3.2 try later", and closes. Counts the connections; a context manager."""
+
+    def __init__(self, greeting: str | None = None, *, port: int = 0) -> None:
+        self.greeting, self.host = greeting, "127.0.0.1"
+        self.connections = 0
+        self._listener = socket.create_server((self.host, port))
+        self._listener.settimeout(0.2)
+        self.port = self._listener.getsockname()[1]
+        self._open: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="bad-smtp", daemon=True)
+
+    def start(self) -> Self:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._listener.close()
+        for conn in self._open:
+            conn.close()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.connections += 1
+            if self.greeting is None:
+                self._open.append(conn)  # held open, silent, until stop()
+                continue
+            with suppress(OSError):
+                conn.sendall(self.greeting.encode() + b"\r\n")
+            conn.close()
 
 
 # --- fixtures ---------------------------------------------------------------------------------
