@@ -11,21 +11,19 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import typer
-from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sqlalchemy import select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import selectinload
 from typer.core import TyperGroup
 
 from outreach import (
@@ -39,6 +37,7 @@ from outreach import (
     registry,
     suppression,
 )
+from outreach.cli_common import err, open_session, out
 from outreach.compose import compose
 from outreach.config import get_settings
 from outreach.errors import InputError, NotFound, OutreachError
@@ -46,9 +45,6 @@ from outreach.inbox import ImapMailbox
 from outreach.models import Campaign, Channel, Delivery, Status, utcnow
 from outreach.reconcile import reconcile
 from outreach.windows import Window
-
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
@@ -86,12 +82,6 @@ cli_letters.register(campaign_app, deliveries_app)
 cli_tracking.register(app, campaign_app)
 
 
-@contextmanager
-def _session() -> Iterator[Session]:
-    with db.session_scope(get_settings().effective_database_url) as session:
-        yield session
-
-
 # --- database -------------------------------------------------------------------------------
 
 
@@ -123,7 +113,7 @@ def recipients_import(
     ] = False,
 ) -> None:
     """Import recipients; all or nothing unless --skip-invalid. Re-importing changes nothing."""
-    with _session() as session:
+    with open_session() as session:
         report = registry.import_file(
             session, file, settings=get_settings(), skip_invalid=skip_invalid, dry_run=dry_run
         )
@@ -149,7 +139,7 @@ def recipients_list(
     """List recipients, optionally filtered."""
     if channel is not None and channel not in {c.value for c in Channel}:
         raise InputError(f"--channel must be email, post or fax, not {channel!r}")
-    with _session() as session:
+    with open_session() as session:
         people = registry.list_recipients(
             session, tag=tag, organisation=organisation, channel=channel
         )
@@ -173,7 +163,7 @@ def recipients_show(
     ref: Annotated[str, typer.Argument(help="Recipient id or email address")],
 ) -> None:
     """Show everything the registry holds on one recipient."""
-    with _session() as session:
+    with open_session() as session:
         r = registry.find_recipient(session, ref)
         table = Table(show_header=False, box=None)
         fields = [
@@ -228,7 +218,7 @@ def campaign_create(
         when = date.fromisoformat(letter_date) if letter_date else None
     except ValueError as exc:
         raise InputError(f"--date: {letter_date!r} is not a date like 2017-11-07") from exc
-    with _session() as session:
+    with open_session() as session:
         campaign = campaigns.create_campaign(
             session,
             name=name,
@@ -252,7 +242,7 @@ def campaign_create(
 @campaign_app.command("check")
 def campaign_check(name: Annotated[str, typer.Argument(help="Campaign name")]) -> None:
     """Render every message without sending; report every problem at once."""
-    with _session() as session:
+    with open_session() as session:
         report = messages.check(session, campaigns.get_campaign(session, name))
     _print_check(report)
     if not report.ok:
@@ -281,7 +271,7 @@ def campaign_preview(
     ] = None,
 ) -> None:
     """Print one recipient's message as it would be sent."""
-    with _session() as session:
+    with open_session() as session:
         campaign = campaigns.get_campaign(session, name)
         person = registry.find_recipient(session, recipient)
         if person.id not in {m.recipient.id for m in campaigns.members(session, campaign)}:
@@ -324,7 +314,7 @@ def campaign_send(
 ) -> None:
     """Check, then create the deliveries and queue them for the workers."""
     settings = get_settings()
-    with _session() as session:
+    with open_session() as session:
         campaign = campaigns.get_campaign(session, name)
         report = messages.check(session, campaign)
         _print_check(report)
@@ -375,7 +365,7 @@ def _watch(campaign_id: int) -> None:
     with Progress(*columns, console=err, transient=False) as progress:
         task = progress.add_task("send", total=None)
         while True:
-            with _session() as session:
+            with open_session() as session:
                 campaign = session.get(Campaign, campaign_id)
                 assert campaign is not None
                 channels = campaigns.sendable_channels(get_settings())
@@ -413,7 +403,7 @@ def campaign_schedule(
         raise InputError(f"{when:%Y-%m-%d %H:%M %Z} is in the past; use `campaign send` now")
     rate = {"second": rate_per_second, "minute": rate_per_minute, "hour": rate_per_hour,
             "day": rate_per_day}  # fmt: skip
-    with _session() as session:
+    with open_session() as session:
         campaign = campaigns.get_campaign(session, name)
         report = messages.check(session, campaign)
         _print_check(report)
@@ -439,7 +429,7 @@ def campaign_schedule(
 @campaign_app.command("pause")
 def campaign_pause(name: Annotated[str, typer.Argument(help="Campaign name")]) -> None:
     """Stop sending; messages already on the wire finish, the rest wait."""
-    with _session() as session:
+    with open_session() as session:
         campaigns.pause(session, campaigns.get_campaign(session, name), "paused by the team")
     out.print(f"campaign {escape(name)} paused; `outreach campaign resume {escape(name)}` goes on")
 
@@ -447,7 +437,7 @@ def campaign_pause(name: Annotated[str, typer.Argument(help="Campaign name")]) -
 @campaign_app.command("resume")
 def campaign_resume(name: Annotated[str, typer.Argument(help="Campaign name")]) -> None:
     """Go on sending a paused campaign."""
-    with _session() as session:
+    with open_session() as session:
         campaign = campaigns.get_campaign(session, name)
         campaigns.resume(session, campaign)
         campaign_id = campaign.id
@@ -464,7 +454,7 @@ def campaign_cancel(
     """Cancel every message not yet sent (sent ones stay sent)."""
     if not yes:
         typer.confirm(f"Cancel what campaign {name} has not sent yet?", abort=True)
-    with _session() as session:
+    with open_session() as session:
         count = campaigns.cancel(session, campaigns.get_campaign(session, name))
     out.print(f"campaign {escape(name)} cancelled: {count} message(s) will not be sent")
 
@@ -489,7 +479,7 @@ def campaign_status(
 
 
 def _live_counts(name: str, interval: float) -> Table:
-    with _session() as session:
+    with open_session() as session:
         campaign = campaigns.get_campaign(session, name)
         counts = campaigns.status_counts(session, campaign)
         recent = campaigns.sent_since(session, campaign, utcnow() - timedelta(seconds=60))
@@ -502,7 +492,7 @@ def _live_counts(name: str, interval: float) -> Table:
 
 
 def _print_status(name: str) -> None:
-    with _session() as session:
+    with open_session() as session:
         campaign = campaigns.get_campaign(session, name)
         rows = session.scalars(
             select(Delivery)
@@ -547,7 +537,7 @@ def deliveries_list(
     """List deliveries, optionally by campaign and status."""
     if status is not None and status not in {s.value for s in Status}:
         raise InputError(f"--status must be one of {', '.join(s.value for s in Status)}")
-    with _session() as session:
+    with open_session() as session:
         query = select(Delivery).options(
             selectinload(Delivery.recipient), selectinload(Delivery.campaign)
         )
@@ -578,7 +568,7 @@ def deliveries_resend(
 ) -> None:
     """Send `unknown` deliveries again: only the team can decide that a second copy is better
     than none."""
-    with _session() as session:
+    with open_session() as session:
         chosen = deliveries.unknown_ids(session, ids or [], everything=all_unknown)
         if not yes:
             typer.confirm(
@@ -625,7 +615,7 @@ def deliveries_show(
     ] = False,
 ) -> None:
     """A delivery's history, or (--eml) the message as it was sent."""
-    with _session() as session:
+    with open_session() as session:
         d = session.get(Delivery, delivery_id)
         if d is None:
             raise NotFound(f"no delivery {delivery_id}")
@@ -658,7 +648,7 @@ def suppress_add(
     reason: Annotated[str, typer.Option(help="Why, for the record")] = "",
 ) -> None:
     """Put an address on the do-not-contact list (checked when each message is sent)."""
-    with _session() as session:
+    with open_session() as session:
         added = suppression.add(session, email, reason)
     out.print(f"{escape(email)} {'added to' if added else 'was already on'} the suppression list")
 
@@ -666,7 +656,7 @@ def suppress_add(
 @suppress_app.command("remove")
 def suppress_remove(email: Annotated[str, typer.Argument(help="Address")]) -> None:
     """Take an address off the do-not-contact list."""
-    with _session() as session:
+    with open_session() as session:
         suppression.remove(session, email)
     out.print(f"{escape(email)} removed from the suppression list")
 
@@ -674,7 +664,7 @@ def suppress_remove(email: Annotated[str, typer.Argument(help="Address")]) -> No
 @suppress_app.command("list")
 def suppress_list() -> None:
     """The do-not-contact list."""
-    with _session() as session:
+    with open_session() as session:
         table = Table("address", "reason", "since (UTC)")
         for entry in suppression.listed(session):
             table.add_row(escape(entry.email), escape(entry.reason), f"{entry.created_at:%Y-%m-%d}")

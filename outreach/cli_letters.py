@@ -6,28 +6,17 @@ Errors leave through the root group of cli.py like every other command's.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from sqlalchemy.orm import Session
 
-from outreach import campaigns, db, printing
+from outreach import campaigns, printing
+from outreach.cli_common import open_session, out
 from outreach.config import get_settings
 from outreach.errors import InputError
-
-out = Console(highlight=False)
-
-
-@contextmanager
-def _session() -> Iterator[Session]:
-    with db.session_scope(get_settings().effective_database_url) as session:
-        yield session
 
 
 def campaign_print(
@@ -40,7 +29,7 @@ def campaign_print(
     ] = False,
 ) -> None:
     """Print pack: one PDF of every letter by post (each on an odd page) and the envelope list."""
-    with _session() as session:
+    with open_session() as session:
         campaign = campaigns.get_campaign(session, name)
         pack = printing.print_pack(session, campaign, get_settings(), out_dir, reprint=reprint)
         table = Table("delivery", "recipient", "first page", "pages")
@@ -68,7 +57,7 @@ def deliveries_mark_posted(
     """Mark printed letters as put in the post."""
     if bool(delivery_ids) == bool(campaign):
         raise InputError("give delivery ids or --campaign NAME (one of the two)")
-    with _session() as session:
+    with open_session() as session:
         ids = delivery_ids or printing.printed_ids(
             session, campaigns.get_campaign(session, campaign or "")
         )

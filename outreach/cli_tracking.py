@@ -6,8 +6,6 @@ followups. `register(app, campaign_app)` adds them to the `outreach` command.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import date, datetime, time
 from enum import StrEnum
 from pathlib import Path
@@ -15,17 +13,14 @@ from typing import Annotated
 from zoneinfo import ZoneInfo
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from sqlalchemy.orm import Session
 
 from outreach import campaigns, db, followups, inbox, reports, responses, tracking
+from outreach.cli_common import open_session, out
 from outreach.config import get_settings
 from outreach.errors import InputError
 from outreach.models import utcnow
-
-out = Console(highlight=False)
 
 inbox_app = typer.Typer(
     help="What comes back: bounces, replies, automatic answers.", no_args_is_help=True
@@ -39,12 +34,6 @@ class Format(StrEnum):
     TABLE = "table"
     CSV = "csv"
     JSON = "json"
-
-
-@contextmanager
-def _session() -> Iterator[Session]:
-    with db.session_scope(get_settings().effective_database_url) as session:
-        yield session
 
 
 def _print_poll(what: str, report: inbox.PollReport) -> None:
@@ -80,7 +69,7 @@ def inbox_import(
 @inbox_app.command("list")
 def inbox_list() -> None:
     """The messages that matched no delivery, or could not be read: for a person to look at."""
-    with _session() as session:
+    with open_session() as session:
         table = Table("id", "date", "from", "subject", "kind", "source")
         rows = tracking.unmatched(session)
         for m in rows:
@@ -109,7 +98,7 @@ def responses_add(
     file: Annotated[Path | None, typer.Option(help="A scan or document to keep with it")] = None,
 ) -> None:
     """Record an answer that did not come by email."""
-    with _session() as session:
+    with open_session() as session:
         delivery = responses.find_delivery(session, campaign, recipient)
         added = responses.add_response(
             session, delivery, kind=kind, channel=channel, received_at=_day(on), note=note,
@@ -134,7 +123,7 @@ def responses_list(
     campaign: Annotated[str | None, typer.Option(help="Only this campaign")] = None,
 ) -> None:
     """Every answer, by email or recorded by hand."""
-    with _session() as session:
+    with open_session() as session:
         rows = responses.list_responses(session, campaign)
         table = Table(
             "id", "date", "campaign", "recipient", "kind", "channel", "from", "excerpt / note"
@@ -155,7 +144,7 @@ def campaign_report(
     shape: Annotated[Format, typer.Option("--format", help="table, csv or json")] = Format.TABLE,
 ) -> None:
     """Counts by status, outcome and response (overall, by role, by organisation); timelines."""
-    with _session() as session:
+    with open_session() as session:
         report = reports.build_report(session, campaigns.get_campaign(session, name))
     if shape == Format.CSV:
         typer.echo(reports.to_csv(report), nl=False)
@@ -192,7 +181,7 @@ def campaign_follow_up(
 ) -> None:
     """Create a campaign for those who did not answer (nor bounce), linked to the first."""
     age = followups.parse_age(no_answer_after)
-    with _session() as session:
+    with open_session() as session:
         original = campaigns.get_campaign(session, name)
         follow_up = followups.create_follow_up(
             session, original, template_dir=template, no_answer_after=age, now=utcnow(),
