@@ -32,10 +32,6 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--db", default="sqlite")
     parser.add_argument("--batch-size", type=int, default=50)
-    parser.add_argument(
-        "--variant", choices=["current", "batched"], default="current",
-        help="batched: the send loop proposed for sending.py (experiments/batched_send.py)",
-    )  # fmt: skip
     args = parser.parse_args()
     out = HERE / "out" / f"profile-{args.db}"
     shutil.rmtree(out, ignore_errors=True)
@@ -91,15 +87,12 @@ def profile(url: str, csv_path: Path, args: argparse.Namespace) -> None:
     event.listen(db.get_engine(url), "before_cursor_execute", statement)
     event.listen(db.get_engine(url), "commit", commit)
     kits, throttle = sending.KitCache(), LocalThrottle()
-    send_batch = sending.send_batch
-    if args.variant == "batched":
-        from experiments.batched_send import send_batch
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
     for batch in tick.batches:
         with SmtpClient.from_settings(settings) as transport:
             sender = sending.Sender(transport, settings, kits, throttle)
-            send_batch(sessions, batch, sender)
+            sending.send_batch(sessions, batch, sender)
     wall = time.perf_counter() - started
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu = cpu1.ru_utime - cpu0.ru_utime + cpu1.ru_stime - cpu0.ru_stime

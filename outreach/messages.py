@@ -161,11 +161,7 @@ def keep(session: Session, delivery: Delivery, spec: MessageSpec) -> None:
         ["Extra", [list(pair) for pair in spec.extra_headers]],
     ]
     delivery.subject, delivery.body_text, delivery.body_html = spec.subject, spec.text, spec.html
-    stored = set(
-        session.scalars(
-            select(Blob.sha256).where(Blob.sha256.in_([a.sha256 for a in spec.attachments]))
-        )
-    )
+    stored = set(_stored_blobs(session, spec.attachments))  # + this transaction's, locally
     for position, attachment in enumerate(spec.attachments):
         if attachment.sha256 not in stored:
             _store_blob(session, attachment)
@@ -175,6 +171,19 @@ def keep(session: Session, delivery: Delivery, spec: MessageSpec) -> None:
                 position=position, sha256=attachment.sha256, filename=attachment.filename
             )
         )
+
+
+_KNOWN_BLOBS: dict[str, set[str]] = {}  # per database, read from committed rows; never deleted
+
+
+def _stored_blobs(session: Session, attachments: tuple[Attachment, ...]) -> set[str]:
+    """The sha256 of the blobs already stored: asked of the database once per new attachment,
+    not once per message (the campaign's fixed attachments recur in every one)."""
+    known = _KNOWN_BLOBS.setdefault(str(session.get_bind().url), set())
+    unknown = [a.sha256 for a in attachments if a.sha256 not in known]
+    if unknown:
+        known.update(session.scalars(select(Blob.sha256).where(Blob.sha256.in_(unknown))))
+    return known
 
 
 def _store_blob(session: Session, attachment: Attachment) -> None:

@@ -37,7 +37,7 @@ from outreach.errors import (
 from outreach.messages import Kit, draft, keep, kept_spec, load_kit
 from outreach.models import Campaign, CampaignState, Channel, Delivery, Event, Status, utcnow
 from outreach.smtp import Transport
-from outreach.throttle import Throttle, acquire
+from outreach.throttle import Limits, Throttle, acquire
 
 log = logging.getLogger("outreach.sending")
 
@@ -87,7 +87,11 @@ def send_batch(
     sessions: sessionmaker[Session], delivery_ids: Sequence[int], sender: Sender
 ) -> Counter[str]:
     """Send the given deliveries; returns how many ended in each status. Deliveries that are no
-    longer `queued` (sent by another worker, cancelled) are skipped untouched."""
+    longer `queued` (sent by another worker, cancelled) are skipped untouched.
+
+    One session for the batch, loaded in one query. Each message's outcome is committed with
+    the next message's claim (one commit per message, both on disk before the next DATA), and
+    at once when the rate limit may make the worker wait: no write waits on a token."""
     outcome: Counter[str] = Counter()
     try:
         sender.transport.open()
@@ -96,24 +100,41 @@ def send_batch(
             _trip(session, delivery_ids, exc, sender.settings)
         outcome["paused"] = len(delivery_ids)
         return outcome
-    for position, delivery_id in enumerate(delivery_ids):
-        with sessions() as session:
-            if not _take_token(session, delivery_id, sender):
-                _give_back(session, delivery_ids[position:], "rate limit reached")
+    with sessions() as session:
+        batch = _load(session, delivery_ids)
+        for position, delivery in enumerate(batch):
+            if delivery.status != Status.QUEUED:
+                outcome["skipped"] += 1
+                continue
+            limits = account_limits(sender.settings).tighter(delivery.campaign.rate)
+            if not limits.unlimited:
                 session.commit()
-                outcome["waiting"] += len(delivery_ids) - position
-                return outcome
-            outcome[_send_one(session, delivery_id, sender)] += 1
+            if not _take_token(limits, sender):
+                rest = [d.id for d in batch[position:]]
+                _give_back(session, rest, "rate limit reached")
+                outcome["waiting"] += len(rest)
+                break
+            outcome[_send_one(session, delivery, sender)] += 1
+        session.commit()  # the last message's outcome
     return outcome
 
 
-def _take_token(session: Session, delivery_id: int, sender: Sender) -> bool:
-    campaign = session.scalar(
-        select(Campaign)
-        .join(Delivery, Delivery.campaign_id == Campaign.id)
-        .where(Delivery.id == delivery_id)
+def _load(session: Session, delivery_ids: Sequence[int]) -> list[Delivery]:
+    """The batch's deliveries with what sending needs, in the order given, in four queries."""
+    rows = session.scalars(
+        select(Delivery)
+        .where(Delivery.id.in_(delivery_ids))
+        .options(
+            selectinload(Delivery.recipient),
+            selectinload(Delivery.campaign),
+            selectinload(Delivery.attachments),
+        )
     )
-    limits = account_limits(sender.settings).tighter(campaign.rate if campaign else None)
+    by_id = {d.id: d for d in rows}
+    return [by_id[i] for i in delivery_ids if i in by_id]
+
+
+def _take_token(limits: Limits, sender: Sender) -> bool:
     return acquire(
         sender.throttle,
         sender.settings.smtp_account,
@@ -148,27 +169,18 @@ def _give_back(session: Session, delivery_ids: Sequence[int], reason: str) -> No
     )
 
 
-def _send_one(session: Session, delivery_id: int, sender: Sender) -> str:
-    delivery = session.scalar(
-        select(Delivery)
-        .where(Delivery.id == delivery_id)
-        .options(
-            selectinload(Delivery.recipient),
-            selectinload(Delivery.campaign),
-            selectinload(Delivery.attachments),
-        )
-        .with_for_update(skip_locked=True)  # PostgreSQL: another worker has it, move on
-    )
-    if delivery is None or delivery.status != Status.QUEUED:
-        return "skipped"
+def _send_one(session: Session, delivery: Delivery, sender: Sender) -> str:
+    """One message: refuse, prepare, claim and commit, send; the outcome is left uncommitted
+    for the next claim's commit (or the batch's last) to carry."""
+    delivery_id = delivery.id
     refusal = _refusal(session, delivery)
     if refusal is not None:
         target, reason = refusal
         deliveries.transition(session, delivery_id, Status.QUEUED, target, detail=reason)
-        session.commit()
         return target
+    spec = kept_spec(delivery)
+    fresh = spec is None
     try:
-        spec = kept_spec(delivery)
         if spec is None:
             kit = sender.kits.get(session, delivery.campaign_id)
             spec = draft(
@@ -179,30 +191,26 @@ def _send_one(session: Session, delivery_id: int, sender: Sender) -> str:
                 channel=Channel(delivery.channel),
                 address=delivery.address,
             )
-            keep(session, delivery, spec)
         data = compose(spec)
         rcpts = envelope_recipients(spec, delivery.campaign.bcc)
-    except OutreachError as exc:
-        session.rollback()
+    except OutreachError as exc:  # nothing of this delivery is written yet
         deliveries.mark_failed(session, delivery_id, str(exc), source=Status.QUEUED)
-        session.commit()
         return Status.FAILED
     # This attempt's number, read before the claim: the claim's ORM UPDATE also increments
     # `delivery.attempts` in the session, so reading it afterwards would count one too many.
     attempt = delivery.attempts + 1
     if not deliveries.claim(session, delivery_id):
-        session.rollback()
-        return "skipped"
+        return "skipped"  # another worker has it; nothing of ours to undo
+    if fresh:
+        keep(session, delivery, spec)
     session.commit()  # the uncertain window opens: `sending` is on disk before the DATA
-    status = _deliver(session, delivery, attempt, rcpts, data, sender)
-    session.commit()  # ... and closes before the next message's DATA
-    return status
+    return _deliver(session, delivery, attempt, rcpts, data, sender)
 
 
 def _refusal(session: Session, delivery: Delivery) -> tuple[Status, str] | None:
     """Why this delivery must not go now, checked as late as possible: the campaign was paused
     or cancelled, or the address is on the do-not-contact list."""
-    state = delivery.campaign.state
+    state = session.scalar(select(Campaign.state).where(Campaign.id == delivery.campaign_id))
     if state == CampaignState.CANCELLED:
         return Status.CANCELLED, "campaign cancelled"
     if state not in (CampaignState.RUNNING, CampaignState.DONE):  # done: resent by the team

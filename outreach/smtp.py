@@ -86,8 +86,9 @@ def classify(code: int) -> type[SmtpError]:
 class SmtpClient:
     """One SMTP connection, opened on the first send and reused for every message after it.
 
-    A reused connection is checked with RSET first (as Postfix does with cached connections), so
-    one the server closed while idle is reopened before the message rather than failing it.
+    A reused connection is not checked before each message (a round trip per message): if the
+    server closed it meanwhile, MAIL FROM fails before anything was sent, and the message goes
+    once more over a new connection.
     """
 
     def __init__(
@@ -155,10 +156,14 @@ class SmtpClient:
         must fail those deliveries. Raises an SmtpError when no recipient got it."""
         if not recipients:
             raise ValueError("a message needs at least one recipient")
-        conn = self._connection()
         options = ["SMTPUTF8"] if smtputf8 else []
         try:
-            raw = self._transaction(conn, sender, recipients, data, options)
+            try:
+                raw = self._transaction(self._connection(), sender, recipients, data, options)
+            except _StaleConnection:
+                log.debug("%s: connection closed by the server meanwhile; reconnecting", self.where)
+                self._discard()
+                raw = self._transaction(self._connection(), sender, recipients, data, options)
         except (OSError, UnicodeEncodeError) as exc:  # smtplib's errors are OSErrors
             error = self._send_error(exc)
             log.debug("%s: message from %s not sent: %s", self.where, sender, error)
@@ -193,7 +198,10 @@ class SmtpClient:
         conn.ehlo_or_helo_if_needed()
         if conn.does_esmtp and conn.has_extn("size"):
             options = [*options, f"size={len(data)}"]
-        code, reply = conn.mail(sender, options)
+        try:
+            code, reply = conn.mail(sender, options)
+        except smtplib.SMTPServerDisconnected as exc:
+            raise _StaleConnection from exc
         if code != 250:
             _abandon(conn, code)
             raise smtplib.SMTPSenderRefused(code, reply, sender)
@@ -241,10 +249,7 @@ class SmtpClient:
         log.debug("%s: connection closed", self.where)
 
     def _connection(self) -> smtplib.SMTP:
-        """The open connection if it still answers RSET, else a new one."""
-        if self._conn is not None and not self._answers(self._conn):
-            log.debug("%s: connection lost while idle; reconnecting", self.where)
-            self._discard()
+        """The open connection, or a new one."""
         if self._conn is None:
             self._conn = self._open()
         return self._conn
@@ -253,13 +258,6 @@ class SmtpClient:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
-
-    @staticmethod
-    def _answers(conn: smtplib.SMTP) -> bool:
-        try:
-            return conn.rset()[0] == 250
-        except OSError:  # smtplib's errors are OSErrors, SMTPServerDisconnected among them
-            return False
 
     def _open(self) -> smtplib.SMTP:
         """Connect, secure and log in; every failure is mapped to one error naming host:port."""
@@ -352,6 +350,10 @@ class SmtpClient:
         return classify(code)(
             f"{self.where}: all recipients refused: {detail}", code=code, reply=detail
         )
+
+
+class _StaleConnection(smtplib.SMTPServerDisconnected):
+    """MAIL FROM met a closed connection: nothing of the message was sent."""
 
 
 def _abandon(conn: smtplib.SMTP, code: int) -> None:
