@@ -47,6 +47,7 @@ from outreach.reconcile import reconcile
 from outreach.windows import Window
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation")]
 
 
 class _Group(TyperGroup):
@@ -307,7 +308,7 @@ def campaign_send(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Render and compose every message; send none")
     ] = False,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation")] = False,
+    yes: Yes = False,
     wait: Annotated[
         bool, typer.Option(help="With a broker: watch until the workers are done")
     ] = True,
@@ -391,7 +392,7 @@ def campaign_schedule(
     rate_per_minute: Annotated[int, typer.Option()] = 0,
     rate_per_hour: Annotated[int, typer.Option()] = 0,
     rate_per_day: Annotated[int, typer.Option()] = 0,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation")] = False,
+    yes: Yes = False,
 ) -> None:
     """Check now, then let the workers' dispatcher start the campaign at the given time."""
     try:
@@ -449,7 +450,7 @@ def campaign_resume(name: Annotated[str, typer.Argument(help="Campaign name")]) 
 @campaign_app.command("cancel")
 def campaign_cancel(
     name: Annotated[str, typer.Argument(help="Campaign name")],
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation")] = False,
+    yes: Yes = False,
 ) -> None:
     """Cancel every message not yet sent (sent ones stay sent)."""
     if not yes:
@@ -564,7 +565,7 @@ def deliveries_resend(
     all_unknown: Annotated[
         bool, typer.Option("--all-unknown", help="Every delivery whose fate is unknown")
     ] = False,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation")] = False,
+    yes: Yes = False,
 ) -> None:
     """Send `unknown` deliveries again: only the team can decide that a second copy is better
     than none."""

@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import insert, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from outreach.errors import InputError, TransitionError
 from outreach.models import Delivery, Event, Status, utcnow
@@ -67,18 +67,25 @@ def transition(
     target: Status,
     *,
     detail: str = "",
+    skip_locked: bool = False,
     **values: Any,
 ) -> bool:
     """Move one delivery from `source` to `target` if it is still in `source`.
 
-    Returns False (and writes nothing) when another worker got there first. `values` are further
+    Returns False (and writes nothing) when another worker got there first; with `skip_locked`,
+    also when another transaction holds the row (PostgreSQL: no waiting on a lock to find the
+    delivery taken; SQLite has no row locks, its writers take turns). `values` are further
     columns to set in the same update (attempts, last_error, next_attempt_at, ...).
     """
     check_allowed(source, target)
     now = utcnow()
+    row_ = aliased(Delivery)  # a subquery of its own, not correlated to the UPDATE
+    wanted = select(row_.id).where(row_.id == delivery_id, row_.status == source)
+    if skip_locked:
+        wanted = wanted.with_for_update(skip_locked=True)
     result = session.execute(
         update(Delivery)
-        .where(Delivery.id == delivery_id, Delivery.status == source)
+        .where(Delivery.id == wanted.scalar_subquery(), Delivery.status == source)
         .values(status=target, updated_at=now, **values)
         .returning(Delivery.campaign_id)
     )
@@ -146,6 +153,7 @@ def claim(session: Session, delivery_id: int) -> bool:
         delivery_id,
         Status.QUEUED,
         Status.SENDING,
+        skip_locked=True,
         attempts=Delivery.attempts + 1,
         next_attempt_at=None,
     )

@@ -92,3 +92,20 @@ def test_transition_many_moves_only_those_in_the_source_state(database_url: str)
         assert (
             deliveries.transition_many(session, [delivery_id], Status.PENDING, Status.QUEUED) == []
         )
+
+
+def test_claim_skips_a_row_another_transaction_holds(database_url: str) -> None:
+    """PostgreSQL: a worker does not wait on a delivery another one is busy with."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("row locks are PostgreSQL's; SQLite's writers take turns")
+    delivery_id = _one_delivery(database_url)
+    holder = db.session_factory(database_url)()
+    try:
+        holder.execute(select(Delivery).where(Delivery.id == delivery_id).with_for_update())
+        with db.session_scope(database_url) as session:
+            assert not deliveries.claim(session, delivery_id)
+    finally:
+        holder.rollback()
+        holder.close()
+    with db.session_scope(database_url) as session:
+        assert deliveries.claim(session, delivery_id)
