@@ -19,7 +19,6 @@ import logging
 import re
 import smtplib
 import ssl
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal, Protocol, Self, cast, get_args
@@ -48,7 +47,7 @@ Refused = dict[str, tuple[int, str]]
 
 
 class Transport(Protocol):
-    """What the send loop needs: an SMTP connection or, for a dry run, a capturing stand-in."""
+    """What the send loop needs of an SMTP connection (a narrow face, for other transports)."""
 
     def send(
         self, *, sender: str, recipients: list[str], data: bytes, smtputf8: bool = False
@@ -57,25 +56,6 @@ class Transport(Protocol):
     def open(self) -> None: ...
 
     def close(self) -> None: ...
-
-
-@dataclass
-class CapturingTransport:
-    """Keeps (sender, recipients, data) of every message and refuses nothing: for --dry-run."""
-
-    sent: list[tuple[str, list[str], bytes]] = field(default_factory=list)
-
-    def send(
-        self, *, sender: str, recipients: list[str], data: bytes, smtputf8: bool = False
-    ) -> Refused:
-        self.sent.append((sender, list(recipients), data))
-        return {}
-
-    def open(self) -> None:
-        """Nothing to open; here so it can stand wherever an SmtpClient can."""
-
-    def close(self) -> None:
-        """Nothing to close; here so it can stand wherever an SmtpClient can."""
 
 
 def classify(code: int) -> type[SmtpError]:

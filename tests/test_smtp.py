@@ -19,7 +19,7 @@ from outreach.errors import (
     TransientSmtpError,
     UncertainSmtpError,
 )
-from outreach.smtp import CapturingTransport, SmtpClient, classify
+from outreach.smtp import SmtpClient, classify
 from tests.smtpd import PASSWORD, USERNAME, Pki, RecordingServer
 
 SENDER = "office@odfoundation.example"
@@ -262,10 +262,3 @@ def test_missing_ca_bundle_is_a_config_error(tmp_path: Path) -> None:
         SmtpClient(
             host="mail.example", port=465, security="ssl", timeout=1, ca_bundle=tmp_path / "no.pem"
         )
-
-
-def test_capturing_transport_keeps_everything() -> None:
-    transport = CapturingTransport()
-    assert transport.send(sender=SENDER, recipients=[TO], data=MESSAGE) == {}
-    transport.close()
-    assert transport.sent == [(SENDER, [TO], MESSAGE)]
