@@ -244,7 +244,7 @@ def campaign_create(
 def campaign_check(name: Annotated[str, typer.Argument(help="Campaign name")]) -> None:
     """Render every message without sending; report every problem at once."""
     with open_session() as session:
-        report = messages.check(session, campaigns.get_campaign(session, name))
+        report = messages.check(session, campaigns.get_campaign(session, name), get_settings())
     _print_check(report)
     if not report.ok:
         raise typer.Exit(65)
@@ -317,7 +317,7 @@ def campaign_send(
     settings = get_settings()
     with open_session() as session:
         campaign = campaigns.get_campaign(session, name)
-        report = messages.check(session, campaign)
+        report = messages.check(session, campaign, get_settings())
         _print_check(report)
         if not report.ok:
             raise typer.Exit(65)
@@ -406,7 +406,7 @@ def campaign_schedule(
             "day": rate_per_day}  # fmt: skip
     with open_session() as session:
         campaign = campaigns.get_campaign(session, name)
-        report = messages.check(session, campaign)
+        report = messages.check(session, campaign, get_settings())
         _print_check(report)
         if not report.ok:
             raise typer.Exit(65)

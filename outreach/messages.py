@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from outreach import campaigns, followups
 from outreach.compose import Attachment, MessageSpec, attachment_from_path, compose, format_address
+from outreach.config import Settings
 from outreach.errors import OutreachError, TemplateError
 from outreach.letters import (
     LetterRenderer,
@@ -241,7 +242,7 @@ class CheckReport:
         return not self.problems
 
 
-def check(session: Session, campaign: Campaign) -> CheckReport:
+def check(session: Session, campaign: Campaign, settings: Settings) -> CheckReport:
     """Render and compose every message of the campaign, sending none; report every problem."""
     folder = Path(campaign.template_dir)
     report = CheckReport(
@@ -253,8 +254,9 @@ def check(session: Session, campaign: Campaign) -> CheckReport:
     now = utcnow()
     for member in campaigns.members(session, campaign):
         who = _who(member.recipient)
-        if member.channel != Channel.EMAIL:
-            report.notes.append(f"{who}: no email address; to be reached by {member.channel}")
+        channel = campaigns.delivery_channel(member, settings)
+        if channel != Channel.EMAIL:
+            report.notes.append(f"{who}: no email address; to be reached by {channel}")
             _check_letter(report, kit, member.recipient, who)
             continue
         try:
