@@ -213,6 +213,20 @@ def cancel(session: Session, campaign: Campaign) -> int:
     return count
 
 
+def resend(session: Session, delivery_ids: Sequence[int]) -> list[int]:
+    """Queue `unknown` deliveries again, on the operator's word; a campaign that was done runs
+    again until they are settled."""
+    requeued = deliveries.transition_many(
+        session, list(delivery_ids), Status.UNKNOWN, Status.QUEUED, detail="resent by the operator"
+    )
+    theirs = select(Delivery.campaign_id).where(Delivery.id.in_(requeued))
+    done = select(Campaign).where(Campaign.state == CampaignState.DONE, Campaign.id.in_(theirs))
+    for campaign in session.scalars(done):
+        campaign.state = CampaignState.RUNNING
+        log(session, campaign, "running again: deliveries were resent")
+    return requeued
+
+
 def in_motion(
     session: Session, campaign: Campaign, now: datetime, channels: Sequence[Channel]
 ) -> int:

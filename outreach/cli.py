@@ -32,6 +32,7 @@ from outreach import (
     cli_tracking,
     db,
     deliveries,
+    dispatch,
     mailbox,
     messages,
     registry,
@@ -576,18 +577,10 @@ def deliveries_resend(
                 f"{len(chosen)} recipient(s) may already have their letter. Send again?",
                 abort=True,
             )
-        requeued = deliveries.transition_many(
-            session, chosen, Status.UNKNOWN, Status.QUEUED, detail="resent by the operator"
-        )
+        requeued = campaigns.resend(session, chosen)
     from workers.tasks import enqueue
 
-    settings = get_settings()
-    enqueue(
-        [
-            requeued[i : i + settings.batch_size]
-            for i in range(0, len(requeued), settings.batch_size)
-        ]
-    )
+    enqueue(dispatch.batches(requeued, get_settings().batch_size))
     out.print(f"{len(requeued)} delivery(ies) queued again")
 
 

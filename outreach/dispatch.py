@@ -48,7 +48,6 @@ def tick(session: Session, settings: Settings, now: datetime) -> Tick:
     """One step of every campaign; the caller commits, then queues `result.batches`."""
     result = Tick()
     _start_due(session, now, result)
-    _reopen(session, campaigns.sendable_channels(settings))
     _recover(session, settings, now, result)
     room = settings.max_in_flight - _in_flight(session)
     for campaign in _running(session):
@@ -61,7 +60,7 @@ def tick(session: Session, settings: Settings, now: datetime) -> Tick:
         ready = _releasable(session, campaign, channels, now, budget - len(queued))
         queued += _queue(session, ready)
         room -= len(queued)
-        result.batches += _batches(queued, settings.batch_size)
+        result.batches += batches(queued, settings.batch_size)
         if _finished(session, campaign, channels):
             campaign.state = CampaignState.DONE
             campaigns.log(session, campaign, "done: no delivery left to send")
@@ -85,18 +84,6 @@ def _start_due(session: Session, now: datetime, result: Tick) -> None:
         result.started.append(campaign.name)
 
 
-def _reopen(session: Session, channels: tuple[Channel, ...]) -> None:
-    """A done campaign with deliveries to send again (the operator resent `unknown` ones) runs
-    again until they are settled: their retries, and their release, are the dispatcher's."""
-    resent = select(Delivery.campaign_id).where(
-        Delivery.status.in_(OPEN), Delivery.channel.in_(channels)
-    )
-    query = select(Campaign).where(Campaign.state == CampaignState.DONE, Campaign.id.in_(resent))
-    for campaign in session.scalars(query):
-        campaign.state = CampaignState.RUNNING
-        campaigns.log(session, campaign, "running again: deliveries were resent")
-
-
 def _recover(session: Session, settings: Settings, now: datetime, result: Tick) -> None:
     """`sending` for too long: a worker died in the uncertain window, so `unknown`, never a
     silent resend. `queued` for too long: the broker lost it, so queue it again."""
@@ -116,7 +103,7 @@ def _recover(session: Session, settings: Settings, now: datetime, result: Tick) 
         detail=f"unclaimed for {settings.queued_timeout:g}s: queued again",
     )  # fmt: skip
     result.requeued += len(requeued)
-    result.batches += _batches(requeued, settings.batch_size)
+    result.batches += batches(requeued, settings.batch_size)
 
 
 def _stale(session: Session, status: Status, before: datetime) -> list[int]:
@@ -215,5 +202,6 @@ def _finished(session: Session, campaign: Campaign, channels: tuple[Channel, ...
     return not session.scalar(query)
 
 
-def _batches(ids: list[int], size: int) -> list[list[int]]:
+def batches(ids: list[int], size: int) -> list[list[int]]:
+    """Ids in groups of `size`: each group is one task, sent over one SMTP connection."""
     return [ids[i : i + size] for i in range(0, len(ids), size)]

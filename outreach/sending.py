@@ -213,7 +213,7 @@ def _refusal(session: Session, delivery: Delivery) -> tuple[Status, str] | None:
     state = session.scalar(select(Campaign.state).where(Campaign.id == delivery.campaign_id))
     if state == CampaignState.CANCELLED:
         return Status.CANCELLED, "campaign cancelled"
-    if state not in (CampaignState.RUNNING, CampaignState.DONE):  # done: resent by the team
+    if state != CampaignState.RUNNING:
         return Status.PENDING, f"campaign {state}"
     reason = suppression.reason_for(session, delivery.address)
     if reason is not None:
