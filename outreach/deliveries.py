@@ -10,6 +10,7 @@ TransitionError before touching the database.
        │          │  └────────┘ ├────> failed
        └──────────┴─> cancelled └────> unknown ──> queued (operator resends) / sent / failed
        │              suppressed
+       ├──> failed                      (its PDF letter cannot be rendered)
        └──> printed ──> posted          (letters by post: a print pack, then the team posts it)
 
 `sending` is the uncertain window: committed before the message's DATA, left for `sent` (or
@@ -29,7 +30,15 @@ from outreach.errors import InputError, TransitionError
 from outreach.models import Delivery, Event, Status, utcnow
 
 ALLOWED: dict[Status, frozenset[Status]] = {
-    Status.PENDING: frozenset({Status.QUEUED, Status.CANCELLED, Status.SUPPRESSED, Status.PRINTED}),
+    Status.PENDING: frozenset(
+        {
+            Status.QUEUED,
+            Status.CANCELLED,
+            Status.SUPPRESSED,
+            Status.PRINTED,
+            Status.FAILED,  # its PDF letter cannot be rendered (prepare.py)
+        }
+    ),
     Status.QUEUED: frozenset(
         {
             Status.SENDING,
