@@ -24,7 +24,8 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import insert, select, update
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.selectable import ScalarSelect
 
 from outreach.errors import InputError, TransitionError
 from outreach.models import Delivery, Event, Status, utcnow
@@ -88,21 +89,19 @@ def transition(
     """
     check_allowed(source, target)
     now = utcnow()
-    row_ = aliased(Delivery)  # a subquery of its own, not correlated to the UPDATE
-    wanted = select(row_.id).where(row_.id == delivery_id, row_.status == source)
-    if skip_locked:
-        wanted = wanted.with_for_update(skip_locked=True)
+    rows = Delivery.__table__
+    which = rows.c.id == (_unlocked(delivery_id, source) if skip_locked else delivery_id)
     result = session.execute(
-        update(Delivery)
-        .where(Delivery.id == wanted.scalar_subquery(), Delivery.status == source)
+        update(rows)
+        .where(which, rows.c.status == source)
         .values(status=target, updated_at=now, **values)
-        .returning(Delivery.campaign_id)
+        .returning(rows.c.campaign_id)
     )
     row = result.first()
     if row is None:
         return False
     session.execute(
-        insert(Event).values(
+        insert(Event.__table__).values(
             campaign_id=row.campaign_id,
             delivery_id=delivery_id,
             kind="status",
@@ -112,7 +111,29 @@ def transition(
             created_at=now,
         )
     )
+    _expire(session, delivery_id, ["status", "updated_at", *values])
     return True
+
+
+def _expire(session: Session, delivery_id: int, columns: list[str]) -> None:
+    """The columns just written, expired on the session's copy of the delivery if it holds one:
+    the update goes through Core (the ORM's bulk update, which evaluates and writes them back
+    into the session, cost more than the message's SQL), so a later read loads them again."""
+    loaded = session.identity_map.get(session.identity_key(Delivery, delivery_id))
+    if loaded is not None:
+        session.expire(loaded, columns)
+
+
+_LOCKABLE = Delivery.__table__.alias("lockable")  # a subquery of its own, not correlated
+
+
+def _unlocked(delivery_id: int, source: Status) -> ScalarSelect[int]:
+    """The delivery's id if it is in `source` and no other transaction holds its row (FOR UPDATE
+    SKIP LOCKED on PostgreSQL). Built on the table, not an ORM alias: an alias made per call
+    costs more than the statement it guards."""
+    row = _LOCKABLE.c
+    wanted = select(row.id).where(row.id == delivery_id, row.status == source)
+    return wanted.with_for_update(skip_locked=True).scalar_subquery()
 
 
 def transition_many(
