@@ -23,7 +23,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sqlalchemy import select
-from sqlalchemy.orm import selectinload
+from sqlalchemy.orm import Session, selectinload
 from typer.core import TyperGroup
 
 from outreach import (
@@ -35,6 +35,7 @@ from outreach import (
     dispatch,
     mailbox,
     messages,
+    prepare,
     registry,
     suppression,
 )
@@ -331,9 +332,18 @@ def campaign_send(
                 f"{settings.smtp_host}:{settings.smtp_port}?",
                 abort=True,
             )
-        campaigns.schedule(session, campaign, settings, at=utcnow())
+        _schedule(session, campaign, report, at=utcnow())
         campaign_id = campaign.id
     _start(campaign_id, name, watch=wait)
+
+
+def _schedule(
+    session: Session, campaign: Campaign, report: messages.CheckReport, **schedule: Any
+) -> None:
+    """Create the checked campaign's deliveries, with the PDF letters the check rendered: no
+    worker renders them again."""
+    campaigns.schedule(session, campaign, get_settings(), **schedule)
+    prepare.keep_checked(session, campaign, report.letters)
 
 
 def _start(campaign_id: int, name: str, *, watch: bool) -> None:
@@ -413,10 +423,10 @@ def campaign_schedule(
             raise typer.Exit(65)
         if not yes:
             typer.confirm(f"Schedule {len(report.drafts)} message(s) for {when}?", abort=True)
-        campaigns.schedule(
+        _schedule(
             session,
             campaign,
-            get_settings(),
+            report,
             at=when,
             timezone=tz,
             window=Window.parse(window) if window else None,

@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     max_age_hours: float = Field(72, gt=0, description="A delivery retried no longer than this")
     sending_timeout: float = Field(600, gt=0, description="`sending` this long: `unknown`")
     queued_timeout: float = Field(300, gt=0, description="`queued` unclaimed this long: requeued")
+    letters_ahead: int = Field(
+        100, ge=1, description="PDF letters asked of the workers at a time, ahead of the send"
+    )
     breaker_cooloff: float = Field(300, gt=0, description="Pause after a server refuses us (421)")
 
     @classmethod

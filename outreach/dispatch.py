@@ -4,6 +4,8 @@ Each tick, in one transaction: start the campaigns that are due, resume those th
 breaker paused once their cool-off is over, recover what the broker or a worker lost, queue the
 retries that are due, and release pending deliveries at the pace the rate limit allows, so the
 broker never holds more than a short queue. Campaigns wait in the database, not in the broker.
+Where a campaign's messages carry a PDF letter, a delivery is released once its letter is kept,
+and the letters still missing are asked of the workers a few at a time (`prepare.py`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
@@ -18,17 +21,23 @@ from sqlalchemy.orm import Session
 from outreach import campaigns, deliveries
 from outreach.config import Settings
 from outreach.models import Campaign, CampaignState, Channel, Delivery, Recipient, Status
+from outreach.pdf import has_layout
 from outreach.throttle import Limits
 from outreach.windows import Window, zone_for
 
 OPEN = (Status.PENDING, Status.QUEUED, Status.SENDING, Status.DEFERRED)
 
 
+LETTERS_PER_TASK = 4  # about 0.7 s of rendering: spread over the worker processes
+
+
 @dataclass
 class Tick:
-    """What one tick did; `batches` are to be queued after the commit."""
+    """What one tick did; `batches` (to send) and `letters` (to render) are to be queued after
+    the commit."""
 
     batches: list[list[int]] = field(default_factory=list)
+    letters: list[list[int]] = field(default_factory=list)
     started: list[str] = field(default_factory=list)
     finished: list[str] = field(default_factory=list)
     requeued: int = 0
@@ -49,6 +58,8 @@ def tick(session: Session, settings: Settings, now: datetime) -> Tick:
     result = Tick()
     _start_due(session, now, result)
     _recover(session, settings, now, result)
+    channels = campaigns.sendable_channels(settings)
+    result.letters = batches(_ask_letters(session, settings, channels, now), LETTERS_PER_TASK)
     room = settings.max_in_flight - _in_flight(session)
     for campaign in _running(session):
         limits = account_limits(settings).tighter(campaign.rate)
@@ -56,7 +67,6 @@ def tick(session: Session, settings: Settings, now: datetime) -> Tick:
         if limits.second:  # top up to two ticks' worth in flight: no backlog in the broker
             budget = min(room, _paced(limits, settings) - _in_flight(session, campaign))
         queued = _due_retries(session, campaign, now, budget)
-        channels = campaigns.sendable_channels(settings)
         ready = _releasable(session, campaign, channels, now, budget - len(queued))
         queued += _queue(session, ready)
         room -= len(queued)
@@ -156,19 +166,22 @@ def _due_retries(session: Session, campaign: Campaign, now: datetime, budget: in
 def _releasable(
     session: Session, campaign: Campaign, channels: tuple[Channel, ...], now: datetime, budget: int
 ) -> list[int]:
-    """Pending deliveries that may go now; those outside their send window get the time it
-    opens in `next_attempt_at` and wait."""
+    """Pending deliveries that may go now, their PDF letter kept if they carry one; those
+    outside their send window get the time it opens in `next_attempt_at` and wait."""
     if budget <= 0:
         return []
+    conditions = [
+        Delivery.campaign_id == campaign.id,
+        Delivery.status == Status.PENDING,
+        Delivery.channel.in_(channels),
+        or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
+    ]
+    if has_layout(Path(campaign.template_dir)):
+        conditions.append(Delivery.letter_sha256.is_not(None))
     query = (
         select(Delivery.id, Recipient.timezone, Recipient.country)
         .join(Recipient, Recipient.id == Delivery.recipient_id)
-        .where(
-            Delivery.campaign_id == campaign.id,
-            Delivery.status == Status.PENDING,
-            Delivery.channel.in_(channels),
-            or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
-        )
+        .where(*conditions)
         .order_by(Delivery.id)
         .limit(budget)
         .with_for_update(of=Delivery, skip_locked=True)
@@ -187,6 +200,54 @@ def _releasable(
                 update(Delivery).where(Delivery.id == row.id).values(next_attempt_at=opens)
             )
     return ready
+
+
+def _ask_letters(
+    session: Session, settings: Settings, channels: tuple[Channel, ...], now: datetime
+) -> list[int]:
+    """Pending deliveries of running and scheduled campaigns with a letter layout whose letter
+    is missing, up to `letters_ahead` asked and not yet kept. A request unanswered after
+    `queued_timeout` (the broker lost it) is asked again."""
+    lettered = [
+        c.id
+        for c in session.scalars(
+            select(Campaign).where(
+                Campaign.state.in_((CampaignState.RUNNING, CampaignState.SCHEDULED))
+            )
+        )
+        if has_layout(Path(c.template_dir))
+    ]
+    if not lettered:
+        return []
+    missing = (
+        Delivery.campaign_id.in_(lettered),
+        Delivery.status == Status.PENDING,
+        Delivery.channel.in_(channels),
+        Delivery.letter_sha256.is_(None),
+    )
+    fresh = now - timedelta(seconds=settings.queued_timeout)
+    asked = session.scalar(
+        select(func.count()).where(*missing, Delivery.letter_requested_at >= fresh)
+    )
+    room = settings.letters_ahead - (asked or 0)
+    if room <= 0:
+        return []
+    query = (
+        select(Delivery.id)
+        .where(
+            *missing,
+            or_(Delivery.letter_requested_at.is_(None), Delivery.letter_requested_at < fresh),
+        )
+        .order_by(Delivery.campaign_id, Delivery.id)
+        .limit(room)
+        .with_for_update(skip_locked=True)
+    )
+    ids = list(session.scalars(query))
+    if ids:
+        session.execute(
+            update(Delivery).where(Delivery.id.in_(ids)).values(letter_requested_at=now)
+        )
+    return ids
 
 
 def _queue(session: Session, ids: list[int]) -> list[int]:

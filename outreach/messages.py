@@ -40,7 +40,7 @@ from outreach.models import (
     Role,
     utcnow,
 )
-from outreach.pdf import PdfRenderer, layout_problems, renderer_for
+from outreach.pdf import Letter, PdfRenderer, layout_problems, renderer_for
 
 
 @dataclass(frozen=True)
@@ -105,11 +105,29 @@ def _context(kit: Kit, recipient: Recipient) -> dict[str, Any]:
     )
 
 
+def letter_for(kit: Kit, recipient: Recipient, ahead: Letter | None = None) -> Letter:
+    """The recipient's personalised PDF letter, the bytes their message carries: `ahead` if it
+    was rendered from what would be rendered now (TemplateError)."""
+    return _letter(kit, _context(kit, recipient), ahead)
+
+
 def letter_pdf(kit: Kit, recipient: Recipient) -> Attachment:
-    """The recipient's personalised PDF letter, the bytes their message carries (TemplateError)."""
+    return letter_for(kit, recipient).attachment
+
+
+def _letter(kit: Kit, context: dict[str, Any], ahead: Letter | None) -> Letter:
     if kit.pdf is None:
         raise TemplateError(f"{kit.campaign.template_dir}: no letter layout (letter.html)")
-    return kit.pdf.attachment(_context(kit, recipient), kit.letter_date())
+    return kit.pdf.letter(context, kit.letter_date(), ahead)
+
+
+def ahead_letter(delivery: Delivery) -> Letter | None:
+    """The letter rendered for this delivery ahead of its send, if any (`prepare.py`)."""
+    if delivery.letter is None:
+        return None
+    data = delivery.letter.data
+    pdf = Attachment(filename=delivery.letter_filename, content_type="application/pdf", data=data)
+    return Letter(delivery.letter_key, pdf)
 
 
 def draft(
@@ -120,18 +138,20 @@ def draft(
     *,
     channel: Channel = Channel.EMAIL,
     address: str = "",
+    ahead: Letter | None = None,
 ) -> MessageSpec:
     """Render the letter for one recipient and address it to them (TemplateError, HeaderError).
-    By fax, the message goes to `address` (the fax gateway's) and carries only the PDF letter."""
+    By fax, the message goes to `address` (the fax gateway's) and carries only the PDF letter,
+    the one rendered `ahead` when it still matches."""
     campaign = kit.campaign
     context = _context(kit, recipient)
     view = context["recipient"]
     letter = kit.renderer.render(context)
     attachments = kit.attachments
     if channel == Channel.FAX:
-        attachments = (letter_pdf(kit, recipient),)
+        attachments = (_letter(kit, context, ahead).attachment,)
     elif kit.pdf is not None:
-        attachments = (*attachments, kit.pdf.attachment(context, kit.letter_date()))
+        attachments = (*attachments, _letter(kit, context, ahead).attachment)
     return MessageSpec(
         message_id=message_id,
         date=when,
@@ -165,7 +185,7 @@ def keep(session: Session, delivery: Delivery, spec: MessageSpec) -> None:
     stored = set(_stored_blobs(session, spec.attachments))  # + this transaction's, locally
     for position, attachment in enumerate(spec.attachments):
         if attachment.sha256 not in stored:
-            _store_blob(session, attachment)
+            store_blob(session, attachment)
             stored.add(attachment.sha256)
         delivery.attachments.append(
             DeliveryAttachment(
@@ -187,7 +207,7 @@ def _stored_blobs(session: Session, attachments: tuple[Attachment, ...]) -> set[
     return known
 
 
-def _store_blob(session: Session, attachment: Attachment) -> None:
+def store_blob(session: Session, attachment: Attachment) -> None:
     """Insert the bytes unless another worker just did (INSERT ... ON CONFLICT DO NOTHING)."""
     dialect = session.get_bind().dialect.name
     insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
@@ -236,6 +256,9 @@ class CheckReport:
     problems: list[str]
     notes: list[str]
     drafts: list[tuple[Recipient, Role, MessageSpec]]
+    # The PDF letters rendered on the way, by recipient id: kept with the deliveries when the
+    # campaign is sent or scheduled, so that no worker renders them again.
+    letters: dict[int, Letter] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -259,13 +282,17 @@ def check(session: Session, campaign: Campaign, settings: Settings) -> CheckRepo
             report.notes.append(f"{who}: no email address; to be reached by {channel}")
             _check_letter(report, kit, member.recipient, who)
             continue
+        recipient = member.recipient
         try:
-            spec = draft(kit, member.recipient, f"<check-{member.recipient.id}@outreach>", now)
+            ahead = letter_for(kit, recipient) if kit.pdf is not None else None
+            spec = draft(kit, recipient, f"<check-{recipient.id}@outreach>", now, ahead=ahead)
             compose(spec)
         except OutreachError as exc:
             report.problems.append(f"{who}: {exc}")
             continue
-        report.drafts.append((member.recipient, member.role, spec))
+        if ahead is not None:
+            report.letters[recipient.id] = ahead
+        report.drafts.append((recipient, member.role, spec))
     return report
 
 
@@ -275,7 +302,7 @@ def _check_letter(report: CheckReport, kit: Kit, recipient: Recipient, who: str)
         report.problems.append(f"{who}: no letter layout (letter.html) to print or fax")
         return
     try:
-        letter_pdf(kit, recipient)
+        report.letters[recipient.id] = letter_for(kit, recipient)
     except OutreachError as exc:
         report.problems.append(f"{who}: {exc}")
 

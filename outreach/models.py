@@ -199,6 +199,12 @@ class Delivery(Base):
     subject: Mapped[str] = mapped_column(Text, default="")
     body_text: Mapped[str] = mapped_column(Text, default="")
     body_html: Mapped[str | None] = mapped_column(Text)
+    # The PDF letter rendered ahead of the send (`prepare.py`), and the digest of what it was
+    # rendered from: the send uses it only while the letter would still come out the same.
+    letter_sha256: Mapped[str | None] = mapped_column(ForeignKey("blobs.sha256"))
+    letter_filename: Mapped[str] = mapped_column(String(500), default="")
+    letter_key: Mapped[str] = mapped_column(String(64), default="")
+    letter_requested_at: Mapped[datetime | None] = mapped_column()
 
     campaign: Mapped[Campaign] = relationship(back_populates="deliveries")
     recipient: Mapped[Recipient] = relationship()
@@ -206,6 +212,7 @@ class Delivery(Base):
         order_by="DeliveryAttachment.position", cascade="all, delete-orphan"
     )
     events: Mapped[list[Event]] = relationship(order_by="Event.id", viewonly=True)
+    letter: Mapped[Blob | None] = relationship()
 
 
 class Event(Base):

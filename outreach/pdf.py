@@ -99,6 +99,16 @@ class LetterPdf:
     pages: int
 
 
+@dataclass(frozen=True)
+class Letter:
+    """A recipient's letter as attached, and the digest of everything it was rendered from:
+    two letters with one key are the same bytes, so a letter rendered ahead stands in for a
+    render at send time exactly while the key still matches."""
+
+    key: str
+    attachment: Attachment
+
+
 class _FolderFetcher(URLFetcher):
     """Reads files inside the template folder, and nothing else: no network, no other file."""
 
@@ -149,9 +159,10 @@ def _source_date(when: date) -> Iterator[None]:
 class PdfRenderer:
     """A folder's layout, stylesheet, fonts and images, prepared once; a PDF per recipient."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, fingerprint: str = "") -> None:
         template = load_template(folder)
         self.root = folder.resolve()
+        self.fingerprint = fingerprint or _fingerprint(self.root)
         self.max_pages = template.max_pages
         self._layout = compile_named(LAYOUT, _source(folder / LAYOUT))
         self._filename = compile_named(FILENAME, template.pdf_filename or DEFAULT_FILENAME)
@@ -176,7 +187,12 @@ class PdfRenderer:
 
     def render(self, context: Mapping[str, Any], letter_date: date) -> LetterPdf:
         """The recipient's letter; TemplateError for a template error, a missing file, overflow."""
-        html = render_named(self._layout, LAYOUT, with_date(context, letter_date))
+        return self._render(self._html(context, letter_date), letter_date)
+
+    def _html(self, context: Mapping[str, Any], letter_date: date) -> str:
+        return render_named(self._layout, LAYOUT, with_date(context, letter_date))
+
+    def _render(self, html: str, letter_date: date) -> LetterPdf:
         with _LOCK, _fetching(LAYOUT):
             document = HTML(
                 string=html, base_url=(self.root / LAYOUT).as_uri(), url_fetcher=self._fetcher
@@ -219,11 +235,26 @@ class PdfRenderer:
             raise TemplateError(f"{FILENAME}: renders to no usable file name")
         return name if name.lower().endswith(".pdf") else f"{name}.pdf"
 
+    def letter(
+        self, context: Mapping[str, Any], letter_date: date, ahead: Letter | None = None
+    ) -> Letter:
+        """The recipient's letter: `ahead` (rendered earlier) if it is still what this context
+        gives, else rendered now. Only the layout's HTML is rendered to tell, which is cheap;
+        laying it out as a PDF is what costs."""
+        html = self._html(context, letter_date)
+        name = self.filename(context, letter_date)
+        digest = hashlib.sha256()
+        for part in (self.fingerprint, letter_date.isoformat(), name, html):
+            digest.update(part.encode() + b"\0")
+        key = digest.hexdigest()
+        if ahead is not None and ahead.key == key:
+            return ahead
+        data = self._render(html, letter_date).data
+        return Letter(key, Attachment(filename=name, content_type="application/pdf", data=data))
+
     def attachment(self, context: Mapping[str, Any], letter_date: date) -> Attachment:
         """The recipient's letter as an email attachment."""
-        data = self.render(context, letter_date).data
-        name = self.filename(context, letter_date)
-        return Attachment(filename=name, content_type="application/pdf", data=data)
+        return self.letter(context, letter_date).attachment
 
 
 def _source(path: Path) -> str:
@@ -253,7 +284,7 @@ def renderer_for(folder: Path) -> PdfRenderer | None:
 
 @lru_cache(maxsize=16)
 def _prepared(root: Path, fingerprint: str) -> PdfRenderer:
-    return PdfRenderer(root)
+    return PdfRenderer(root, fingerprint)
 
 
 def _fingerprint(root: Path) -> str:

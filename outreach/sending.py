@@ -34,7 +34,7 @@ from outreach.errors import (
     TransientSmtpError,
     UncertainSmtpError,
 )
-from outreach.messages import Kit, draft, keep, kept_spec, load_kit
+from outreach.messages import Kit, ahead_letter, draft, keep, kept_spec, load_kit
 from outreach.models import Campaign, CampaignState, Channel, Delivery, Event, Status, utcnow
 from outreach.smtp import Transport
 from outreach.throttle import Limits, Throttle, acquire
@@ -120,7 +120,7 @@ def send_batch(
 
 
 def _load(session: Session, delivery_ids: Sequence[int]) -> list[Delivery]:
-    """The batch's deliveries with what sending needs, in the order given, in four queries."""
+    """The batch's deliveries with what sending needs, in the order given, in five queries."""
     rows = session.scalars(
         select(Delivery)
         .where(Delivery.id.in_(delivery_ids))
@@ -128,6 +128,7 @@ def _load(session: Session, delivery_ids: Sequence[int]) -> list[Delivery]:
             selectinload(Delivery.recipient),
             selectinload(Delivery.campaign),
             selectinload(Delivery.attachments),
+            selectinload(Delivery.letter),
         )
     )
     by_id = {d.id: d for d in rows}
@@ -190,6 +191,7 @@ def _send_one(session: Session, delivery: Delivery, sender: Sender) -> str:
                 utcnow(),
                 channel=Channel(delivery.channel),
                 address=delivery.address,
+                ahead=ahead_letter(delivery),
             )
         data = compose(spec)
         rcpts = envelope_recipients(spec, delivery.campaign.bcc)

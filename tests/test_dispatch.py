@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 
 from outreach import campaigns, db, deliveries, dispatch, registry
@@ -16,12 +18,20 @@ TEMPLATE = Path(__file__).resolve().parent.parent / "templates" / "open_letter"
 MONDAY_NOON = datetime(2026, 12, 7, 11, 0, tzinfo=UTC)
 
 
-def _campaign(url: str, at: datetime, **schedule: object) -> None:
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The open letter without its PDF layout: these tests are not about letters."""
+    folder = tmp_path_factory.mktemp("plain") / "open_letter"
+    shutil.copytree(TEMPLATE, folder, ignore=shutil.ignore_patterns("letter.html", "letter.css"))
+    return folder
+
+
+def _campaign(url: str, template: Path, at: datetime, **schedule: object) -> None:
     settings = load_settings()
     with db.session_scope(url) as session:
         registry.import_file(session, TEMPLATE / "recipients.csv", settings=settings)
         campaign = campaigns.create_campaign(
-            session, name="c", template_dir=TEMPLATE, sender="S <s@example.org>",
+            session, name="c", template_dir=template, sender="S <s@example.org>",
             to=["tag:principal"], cc=["tag:cc"],
         )  # fmt: skip
         campaigns.schedule(session, campaign, settings, at=at, **schedule)  # type: ignore[arg-type]
@@ -37,8 +47,10 @@ def _statuses(url: str) -> list[str]:
         return sorted(session.scalars(select(Delivery.status).where(Delivery.channel == "email")))
 
 
-def test_a_scheduled_campaign_starts_when_due_and_not_before(database_url: str) -> None:
-    _campaign(database_url, MONDAY_NOON)
+def test_a_scheduled_campaign_starts_when_due_and_not_before(
+    database_url: str, plain: Path
+) -> None:
+    _campaign(database_url, plain, MONDAY_NOON)
     early = _tick(database_url, MONDAY_NOON - timedelta(seconds=1))
     assert early.batches == [] and early.started == []
     assert _statuses(database_url) == ["pending"] * 4
@@ -47,18 +59,20 @@ def test_a_scheduled_campaign_starts_when_due_and_not_before(database_url: str) 
     assert sorted(i for b in due.batches for i in b) and _statuses(database_url) == ["queued"] * 4
 
 
-def test_the_rate_paces_what_is_released(database_url: str) -> None:
+def test_the_rate_paces_what_is_released(database_url: str, plain: Path) -> None:
     now = utcnow()
-    _campaign(database_url, now)
+    _campaign(database_url, plain, now)
     tick = _tick(database_url, now, rate_per_second=1, dispatch_seconds=1)
     assert sum(len(b) for b in tick.batches) == 2  # two ticks' worth at one a second
     tick = _tick(database_url, now, rate_per_second=1, max_in_flight=2)
     assert tick.batches == []  # two already in flight: the broker holds no more
 
 
-def test_outside_office_hours_deliveries_wait_for_their_window(database_url: str) -> None:
+def test_outside_office_hours_deliveries_wait_for_their_window(
+    database_url: str, plain: Path
+) -> None:
     saturday = datetime(2026, 12, 5, 10, 0, tzinfo=UTC)
-    _campaign(database_url, saturday, window=Window.parse("mon-fri 08:00-18:00"))
+    _campaign(database_url, plain, saturday, window=Window.parse("mon-fri 08:00-18:00"))
     assert _tick(database_url, saturday).batches == []
     with db.session_scope(database_url) as session:
         waits = set(
@@ -68,9 +82,11 @@ def test_outside_office_hours_deliveries_wait_for_their_window(database_url: str
     assert _tick(database_url, datetime(2026, 12, 7, 7, 0, tzinfo=UTC)).batches
 
 
-def test_recovery_marks_lost_sending_unknown_and_requeues_lost_queued(database_url: str) -> None:
+def test_recovery_marks_lost_sending_unknown_and_requeues_lost_queued(
+    database_url: str, plain: Path
+) -> None:
     now = utcnow()
-    _campaign(database_url, now)
+    _campaign(database_url, plain, now)
     tick = _tick(database_url, now)
     first, second, *_ = [i for b in tick.batches for i in b]
     with db.session_scope(database_url) as session:
@@ -83,8 +99,8 @@ def test_recovery_marks_lost_sending_unknown_and_requeues_lost_queued(database_u
     assert _statuses(database_url) == ["queued", "queued", "queued", "unknown"]
 
 
-def test_a_campaign_with_nothing_left_is_done(database_url: str) -> None:
-    _campaign(database_url, MONDAY_NOON)
+def test_a_campaign_with_nothing_left_is_done(database_url: str, plain: Path) -> None:
+    _campaign(database_url, plain, MONDAY_NOON)
     tick = _tick(database_url, MONDAY_NOON)
     with db.session_scope(database_url) as session:
         for delivery_id in [i for b in tick.batches for i in b]:
@@ -96,8 +112,10 @@ def test_a_campaign_with_nothing_left_is_done(database_url: str) -> None:
         assert campaign is not None and campaign.state == CampaignState.DONE
 
 
-def test_pause_takes_back_queued_and_cancel_cancels_the_rest(database_url: str) -> None:
-    _campaign(database_url, MONDAY_NOON)
+def test_pause_takes_back_queued_and_cancel_cancels_the_rest(
+    database_url: str, plain: Path
+) -> None:
+    _campaign(database_url, plain, MONDAY_NOON)
     _tick(database_url, MONDAY_NOON)
     with db.session_scope(database_url) as session:
         campaign = campaigns.get_campaign(session, "c")

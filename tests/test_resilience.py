@@ -11,6 +11,7 @@ assertions have generous bounds: they check behaviour, not speed.
 from __future__ import annotations
 
 import ast
+import hashlib
 import os
 import re
 import signal
@@ -23,6 +24,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from email import message_from_bytes
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -33,7 +35,7 @@ from sqlalchemy import select
 
 from outreach import campaigns, db, deliveries, registry
 from outreach.config import load_settings
-from outreach.models import Campaign, CampaignState, Delivery, Event, Status
+from outreach.models import Campaign, CampaignState, Delivery, Event, Status, utcnow
 from tests.smtpd import BadServer, Received, RecordingServer
 from tests.workers import (
     Cluster,
@@ -152,6 +154,20 @@ def write_template(folder: Path) -> Path:
     return folder
 
 
+def write_layout(folder: Path) -> Path:
+    """`write_template`'s letter with a small PDF layout: the address block in the window."""
+    write_template(folder)
+    (folder / "letter.html").write_text(
+        '<html><body><div class="window"><div id="address">{{ recipient.display_name }}<br>'
+        '{{ recipient.organisation }}</div><div id="address-end"></div></div>'
+        "<p>{{ salutation }},</p><p>Please read our open letter.</p></body></html>\n"
+    )
+    (folder / "letter.css").write_text(
+        "@page { size: A4; margin: 20mm }\n.window { position: absolute; left: 5mm; top: 30mm; }\n"
+    )
+    return folder
+
+
 def write_recipients(path: Path, count: int) -> list[str]:
     """`count` officials as CSV; returns their addresses."""
     lines = ["honorific,given_name,family_name,organisation,country,email,language,tags"]
@@ -209,7 +225,9 @@ def scene_factory(
     and a Cluster whose processes end with the test."""
     with cluster({}, tmp_path / "logs") as group:
 
-        def make(url: str, port: int, count: int, **settings: str) -> Scene:
+        def make(
+            url: str, port: int, count: int, template: Path | None = None, **settings: str
+        ) -> Scene:
             home = tmp_path / "home"
             home.mkdir(exist_ok=True)
             run_env = {
@@ -230,7 +248,8 @@ def scene_factory(
                     session, tmp_path / "recipients.csv", settings=load_settings(home=home)
                 )
                 campaigns.create_campaign(
-                    session, name=NAME, template_dir=write_template(tmp_path / "template"),
+                    session, name=NAME,
+                    template_dir=template or write_template(tmp_path / "template"),
                     sender=SENDER, to=["tag:official"],
                 )  # fmt: skip
             return Scene(run_env, url, tmp_path, group, addresses)
@@ -303,6 +322,45 @@ def test_500_recipients_across_two_workers(
     for worker in (w1, w2):  # both took part
         assert sum(r.get("sent", 0) for r in task_results(worker)) > 0, worker.text()[-3000:]
     wait_for("campaign done", lambda: scene.campaign().state == CampaignState.DONE, timeout=10)
+
+
+def test_workers_render_letters_ahead_and_send_while_the_rest_are_rendered(
+    scene_factory: Callable[..., Scene],
+    database_url: str,
+    smtp_server: RecordingServer,
+    tmp_path: Path,
+) -> None:
+    scene = scene_factory(
+        database_url, smtp_server.port, 12, template=write_layout(tmp_path / "lettered"),
+        OUTREACH_LETTERS_AHEAD="2",
+    )  # fmt: skip
+    w1, w2 = scene.group.worker("w1", wait=False), scene.group.worker("w2", wait=False)
+    scene.group.beat()
+    w1.wait_ready(" ready."), w2.wait_ready(" ready.")
+    with db.session_scope(scene.url) as session:  # no `campaign send`: no check rendered them
+        campaign = campaigns.get_campaign(session, NAME)
+        campaigns.schedule(session, campaign, load_settings(), at=utcnow())
+
+    rows = scene.wait_settled(timeout=120)
+
+    assert Counter(d.status for d in rows.values()) == {Status.SENT: 12}
+    assert_exactly_once(rows, smtp_server.messages)
+    with db.session_scope(scene.url) as session:
+        kept = {d.address.lower(): d.letter_sha256 for d in session.scalars(select(Delivery))}
+        history = list(session.scalars(select(Event).order_by(Event.id)))
+    for message in smtp_server.messages:
+        pdfs = [
+            part.get_payload(decode=True)
+            for part in message_from_bytes(message.data).walk()
+            if part.get_content_type() == "application/pdf"
+        ]
+        assert len(pdfs) == 1, "one PDF letter per message"
+        assert hashlib.sha256(pdfs[0]).hexdigest() == kept[message.rcpt_tos[0].lower()]
+    rendered = [e.id for e in history if e.kind == "letter"]
+    sent = [e.id for e in history if e.to_status == Status.SENT]
+    assert len(rendered) == 12
+    assert sent[0] < rendered[-1], "the first letters went before the last were rendered"
+    assert "outreach.prepare_letters" in w1.text() + w2.text()  # the workers rendered them
 
 
 def test_same_task_delivered_twice_at_once_sends_once(

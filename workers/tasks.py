@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from functools import lru_cache
 
-from outreach import dispatch, inbox, sending
+from outreach import dispatch, inbox, prepare, sending
 from outreach.config import Settings, get_settings
 from outreach.db import session_factory, session_scope
 from outreach.models import utcnow
@@ -36,14 +36,27 @@ def send_batch(delivery_ids: list[int]) -> dict[str, int]:
         return dict(sending.send_batch(sessions, delivery_ids, sender))
 
 
+@app.task(name="outreach.prepare_letters")
+def prepare_letters(delivery_ids: list[int]) -> dict[str, int]:
+    """Render and keep the PDF letters of pending deliveries, ahead of their send."""
+    sessions = session_factory(get_settings().effective_database_url)
+    return dict(prepare.prepare_letters(sessions, delivery_ids, _kits))
+
+
 @app.task(name="outreach.dispatch")
 def dispatch_tick() -> dict[str, int]:
     """Move every campaign one step; queue what it released, after the commit."""
     settings = get_settings()
     with session_scope(settings.effective_database_url) as session:
         tick = dispatch.tick(session, settings, utcnow())
+    for letters in tick.letters:
+        prepare_letters.delay(letters)
     enqueue(tick.batches)  # after the commit: a worker must find them `queued`
-    return {"queued": sum(len(b) for b in tick.batches), "unknown": tick.unknown}
+    return {
+        "queued": sum(len(b) for b in tick.batches),
+        "letters": sum(len(b) for b in tick.letters),
+        "unknown": tick.unknown,
+    }
 
 
 @app.task(name="outreach.poll_inbox")
