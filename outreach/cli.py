@@ -246,11 +246,23 @@ def campaign_create(
 def campaign_check(name: Annotated[str, typer.Argument(help="Campaign name")]) -> None:
     """Render every message without sending; report every problem at once."""
     with open_session() as session:
-        report = messages.check(session, campaigns.get_campaign(session, name), get_settings())
+        report = _check(session, campaigns.get_campaign(session, name))
     _print_check(report)
     if not report.ok:
         raise typer.Exit(65)
     out.print(f"[green]ok:[/] {len(report.drafts)} message(s) ready to send")
+
+
+def _check(session: Session, campaign: Campaign) -> messages.CheckReport:
+    """`messages.check` with a progress bar: a large campaign's letters take minutes."""
+    columns = (TextColumn("checking"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=True) as progress:
+        task = progress.add_task("check", total=None)
+
+        def advance(total: int) -> None:
+            progress.update(task, total=total, advance=1)
+
+        return messages.check(session, campaign, get_settings(), advance)
 
 
 def _print_check(report: messages.CheckReport) -> None:
@@ -319,7 +331,7 @@ def campaign_send(
     settings = get_settings()
     with open_session() as session:
         campaign = campaigns.get_campaign(session, name)
-        report = messages.check(session, campaign, get_settings())
+        report = _check(session, campaign)
         _print_check(report)
         if not report.ok:
             raise typer.Exit(65)
@@ -417,7 +429,7 @@ def campaign_schedule(
             "day": rate_per_day}  # fmt: skip
     with open_session() as session:
         campaign = campaigns.get_campaign(session, name)
-        report = messages.check(session, campaign, get_settings())
+        report = _check(session, campaign)
         _print_check(report)
         if not report.ok:
             raise typer.Exit(65)

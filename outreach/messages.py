@@ -8,8 +8,10 @@ bytes, the To and CC lists), so a worker prepares it once per campaign, not per 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +42,7 @@ from outreach.models import (
     Role,
     utcnow,
 )
-from outreach.pdf import Letter, PdfRenderer, layout_problems, renderer_for
+from outreach.pdf import Letter, PdfRenderer, layout_problems, render_all, renderer_for
 
 
 @dataclass(frozen=True)
@@ -265,8 +267,15 @@ class CheckReport:
         return not self.problems
 
 
-def check(session: Session, campaign: Campaign, settings: Settings) -> CheckReport:
-    """Render and compose every message of the campaign, sending none; report every problem."""
+def check(
+    session: Session,
+    campaign: Campaign,
+    settings: Settings,
+    progress: Callable[[int], None] | None = None,
+) -> CheckReport:
+    """Render and compose every message of the campaign, sending none; report every problem.
+    The PDF letters are rendered on all cores (`render_all`); `progress(total)` is called
+    once per recipient checked."""
     folder = Path(campaign.template_dir)
     report = CheckReport(
         problems=template_problems(folder) + layout_problems(folder), notes=[], drafts=[]
@@ -274,37 +283,49 @@ def check(session: Session, campaign: Campaign, settings: Settings) -> CheckRepo
     if report.problems:
         return report
     kit = load_kit(session, campaign)
+    members = campaigns.members(session, campaign)
+    letters: Iterator[Letter | str | None] = repeat(None)
+    if kit.pdf is not None:
+        contexts = [_context(kit, m.recipient) for m in members]
+        letters = render_all(kit.pdf.root, contexts, kit.letter_date())
     now = utcnow()
-    for member in campaigns.members(session, campaign):
-        who = _who(member.recipient)
-        channel = campaigns.delivery_channel(member, settings)
-        if channel != Channel.EMAIL:
-            report.notes.append(f"{who}: no email address; to be reached by {channel}")
-            _check_letter(report, kit, member.recipient, who)
-            continue
-        recipient = member.recipient
-        try:
-            ahead = letter_for(kit, recipient) if kit.pdf is not None else None
-            spec = draft(kit, recipient, f"<check-{recipient.id}@outreach>", now, ahead=ahead)
-            compose(spec)
-        except OutreachError as exc:
-            report.problems.append(f"{who}: {exc}")
-            continue
-        if ahead is not None:
-            report.letters[recipient.id] = ahead
-        report.drafts.append((recipient, member.role, spec))
+    for member, letter in zip(members, letters, strict=False):  # `repeat` has no end
+        _check_one(report, kit, member, letter, settings, now)
+        if progress is not None:
+            progress(len(members))
     return report
 
 
-def _check_letter(report: CheckReport, kit: Kit, recipient: Recipient, who: str) -> None:
-    """Render the PDF of a recipient reached by post or fax: its problems stop the campaign."""
-    if kit.pdf is None:
-        report.problems.append(f"{who}: no letter layout (letter.html) to print or fax")
+def _check_one(
+    report: CheckReport,
+    kit: Kit,
+    member: campaigns.Member,
+    letter: Letter | str | None,
+    settings: Settings,
+    now: datetime,
+) -> None:
+    """One recipient's message (or, by post or fax, their letter) checked; `letter` is their
+    PDF letter as rendered, why it could not be, or None without a layout."""
+    recipient = member.recipient
+    who = _who(recipient)
+    if isinstance(letter, str):
+        report.problems.append(f"{who}: {letter}")
+        return
+    if letter is not None:
+        report.letters[recipient.id] = letter
+    channel = campaigns.delivery_channel(member, settings)
+    if channel != Channel.EMAIL:
+        report.notes.append(f"{who}: no email address; to be reached by {channel}")
+        if letter is None:
+            report.problems.append(f"{who}: no letter layout (letter.html) to print or fax")
         return
     try:
-        report.letters[recipient.id] = letter_for(kit, recipient)
+        spec = draft(kit, recipient, f"<check-{recipient.id}@outreach>", now, ahead=letter)
+        compose(spec)
     except OutreachError as exc:
         report.problems.append(f"{who}: {exc}")
+        return
+    report.drafts.append((recipient, member.role, spec))
 
 
 def _who(recipient: Recipient) -> str:

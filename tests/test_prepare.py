@@ -167,3 +167,52 @@ def test_send_and_schedule_keep_the_letters_the_check_rendered(
         assert len(letters) == 5
     tick = _tick(database_url, MONDAY_NOON)
     assert tick.letters == [] and sum(len(b) for b in tick.batches) == 4
+
+
+def _write_layout(folder: Path) -> Path:
+    """A small letter with an address block in the envelope's window: quick to render 50 times."""
+    folder.mkdir()
+    (folder / "letter.toml").write_text('subject = "Open letter to {{ recipient.full_name }}"\n')
+    (folder / "body.txt").write_text("{{ salutation }},\n\nPlease read our letter.\n")
+    (folder / "letter.html").write_text(
+        '<html><body><div class="window"><div id="address">'
+        "{% for line in recipient.address_block %}{{ line }}<br>{% endfor %}</div>"
+        '<div id="address-end"></div></div><p>{{ salutation }},</p></body></html>\n'
+    )
+    (folder / "letter.css").write_text(
+        "@page { size: A4; margin: 20mm }\n.window { position: absolute; left: 5mm; top: 30mm }\n"
+    )
+    return folder
+
+
+def test_check_renders_many_letters_in_parallel_as_one_process_would(
+    database_url: str, tmp_path: Path
+) -> None:
+    rows = ["honorific,given_name,family_name,organisation,country,email,language,tags"]
+    rows += [
+        f"Ms,Anna,Official{i:02d},Parliament,BE,official{i:02d}@parliament.example,en,x"
+        for i in range(50)
+    ]
+    rows.append("Mr,Long,Address,Parliament,BE,long@parliament.example,en,x")
+    (tmp_path / "people.csv").write_text("\n".join(rows) + "\n")
+    folder = _write_layout(tmp_path / "letter")
+    settings = load_settings()
+    with db.session_scope(database_url) as session:
+        registry.import_file(session, tmp_path / "people.csv", settings=settings)
+        long = session.scalar(select(Recipient).where(Recipient.family_name == "Address"))
+        assert long is not None
+        long.address_lines = [f"Line {n}" for n in range(12)]  # too long for the window
+        campaign = campaigns.create_campaign(
+            session, name="c", template_dir=folder, sender="S <s@example.org>", to=["tag:x"]
+        )
+        seen: list[int] = []
+        report = messages.check(session, campaign, settings, lambda total: seen.append(total))
+        assert len(seen) == 51 and set(seen) == {51}  # one step per recipient, of 51
+        assert len(report.problems) == 1
+        assert report.problems[0].startswith("Long Address <long@parliament.example>: ")
+        assert "envelope window" in report.problems[0]
+        kit = messages.load_kit(session, campaign)
+        for recipient, _role, spec in report.drafts[::10]:  # the same bytes as rendered here
+            alone = messages.letter_for(kit, recipient)
+            assert report.letters[recipient.id] == alone
+            assert spec.attachments[-1].data == alone.attachment.data
