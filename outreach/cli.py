@@ -293,7 +293,7 @@ def campaign_preview(
             raise NotFound(f"{recipient} is not a recipient of campaign {name}")
         kit = messages.load_kit(session, campaign)
         if pdf is not None:
-            letter = messages.letter_pdf(kit, person)
+            letter = messages.letter_for(kit, person).attachment
             pdf.write_bytes(letter.data)
             out.print(f"written: {pdf} ({escape(letter.filename)}, {len(letter.data)} bytes)")
             if not person.email:

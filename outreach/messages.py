@@ -113,10 +113,6 @@ def letter_for(kit: Kit, recipient: Recipient, ahead: Letter | None = None) -> L
     return _letter(kit, _context(kit, recipient), ahead)
 
 
-def letter_pdf(kit: Kit, recipient: Recipient) -> Attachment:
-    return letter_for(kit, recipient).attachment
-
-
 def _letter(kit: Kit, context: dict[str, Any], ahead: Letter | None) -> Letter:
     if kit.pdf is None:
         raise TemplateError(f"{kit.campaign.template_dir}: no letter layout (letter.html)")

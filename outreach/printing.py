@@ -86,16 +86,23 @@ def _postal(session: Session, campaign: Campaign, sources: Sequence[Status]) -> 
             Delivery.channel == Channel.POST,
             Delivery.status.in_(list(sources)),
         )
-        .options(selectinload(Delivery.recipient), selectinload(Delivery.attachments))
+        .options(
+            selectinload(Delivery.recipient),
+            selectinload(Delivery.attachments),
+            selectinload(Delivery.letter),
+        )
         .order_by(Delivery.id)
     )
     return list(session.scalars(query))
 
 
 def _render(kit: messages.Kit, delivery: Delivery) -> Attachment:
-    """One recipient's letter; its problem named with the recipient and delivery."""
+    """One recipient's letter, the one kept by the check if it still matches; its problem named
+    with the recipient and delivery."""
     try:
-        return messages.letter_pdf(kit, delivery.recipient)
+        return messages.letter_for(
+            kit, delivery.recipient, messages.ahead_letter(delivery)
+        ).attachment
     except OutreachError as exc:
         who = delivery.recipient.full_name or delivery.recipient.organisation
         raise TemplateError(f"delivery {delivery.id} ({who}): {exc}") from exc

@@ -54,7 +54,7 @@ def test_fax_only_recipient_gets_the_pdf_at_the_gateway(database_url: str) -> No
         spec = messages.draft(
             kit, fax.recipient, fax.message_id, utcnow(), channel=Channel.FAX, address=fax.address
         )
-        letter = messages.letter_pdf(kit, fax.recipient)
+        letter = messages.letter_for(kit, fax.recipient).attachment
     message = email.message_from_bytes(compose(spec), policy=email.policy.default)
     assert isinstance(message, EmailMessage)
     assert message["To"].addresses[0].addr_spec == "493018173402@fax.example.net"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from outreach import campaigns, db, dispatch, messages, prepare, registry
 from outreach.compose import Attachment
@@ -29,17 +30,19 @@ def template(tmp_path: Path) -> Path:
     return folder
 
 
+def _create(session: Session, template: Path) -> Campaign:
+    """The model letter's recipients and campaign."""
+    registry.import_file(session, TEMPLATE / "recipients.csv", settings=load_settings())
+    return campaigns.create_campaign(
+        session, name="c", template_dir=template, sender="S <s@example.org>",
+        to=["tag:principal"], cc=["tag:cc"], letter_date=date(2017, 11, 7),
+    )  # fmt: skip
+
+
 def _schedule(url: str, template: Path) -> None:
-    """The model letter's campaign scheduled for Monday noon through the API: no check has
-    rendered its letters."""
-    settings = load_settings()
+    """The campaign scheduled for Monday noon through the API: no check rendered its letters."""
     with db.session_scope(url) as session:
-        registry.import_file(session, TEMPLATE / "recipients.csv", settings=settings)
-        campaign = campaigns.create_campaign(
-            session, name="c", template_dir=template, sender="S <s@example.org>",
-            to=["tag:principal"], cc=["tag:cc"], letter_date=date(2017, 11, 7),
-        )  # fmt: skip
-        campaigns.schedule(session, campaign, settings, at=MONDAY_NOON)
+        campaigns.schedule(session, _create(session, template), load_settings(), at=MONDAY_NOON)
 
 
 def _tick(url: str, now: datetime, **settings: object) -> dispatch.Tick:
@@ -154,11 +157,7 @@ def test_send_and_schedule_keep_the_letters_the_check_rendered(
 ) -> None:
     settings = load_settings()
     with db.session_scope(database_url) as session:
-        registry.import_file(session, TEMPLATE / "recipients.csv", settings=settings)
-        campaign = campaigns.create_campaign(
-            session, name="c", template_dir=template, sender="S <s@example.org>",
-            to=["tag:principal"], cc=["tag:cc"],
-        )  # fmt: skip
+        campaign = _create(session, template)
         report = messages.check(session, campaign, settings)
         campaigns.schedule(session, campaign, settings, at=MONDAY_NOON)
         assert prepare.keep_checked(session, campaign, report.letters) == 5  # 4 emails, 1 post

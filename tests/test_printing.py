@@ -12,10 +12,11 @@ from pypdf import PdfReader
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from outreach import campaigns, config, db, printing, registry
+from outreach import campaigns, config, db, messages, prepare, printing, registry
 from outreach.cli_letters import register
 from outreach.config import load_settings
-from outreach.models import Delivery, Event
+from outreach.models import Delivery, Event, utcnow
+from outreach.pdf import PdfRenderer
 from tests.test_send_pipeline import TEMPLATE
 
 POSTAL = """\
@@ -109,3 +110,24 @@ def test_printed_then_posted_with_events_and_the_letter_kept(
     with db.session_scope(campaign_url) as session:
         moves = [(e.from_status, e.to_status) for e in session.scalars(select(Event))]
     assert moves.count(("pending", "printed")) == 2 and moves.count(("printed", "posted")) == 2
+
+
+def test_the_pack_takes_the_letters_the_check_rendered(
+    campaign_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = load_settings(database_url=campaign_url, fax_gateway="{fax}@fax.example.net")
+    with db.session_scope(campaign_url) as session:
+        campaign = campaigns.get_campaign(session, "open-letter")
+        report = messages.check(session, campaign, settings)
+        campaigns.schedule(session, campaign, settings, at=utcnow())
+        prepare.keep_checked(session, campaign, report.letters)
+
+    def no_layout(*_: object) -> None:
+        raise AssertionError("a letter was laid out again")
+
+    monkeypatch.setattr(PdfRenderer, "_render", no_layout)
+    result = pack(campaign_url, tmp_path / "out")
+    with db.session_scope(campaign_url) as session:
+        printed = session.scalars(select(Delivery).where(Delivery.status == "printed")).all()
+        kept = {d.letter.data for d in printed if d.letter is not None}
+    assert len(result.letters) == 2 and {item.letter.data for item in result.letters} == kept
