@@ -120,7 +120,10 @@ def best_response(responses: list[Response]) -> Response | None:
 def _row(delivery: Delivery, responses: list[Response]) -> Row:
     person = delivery.recipient
     best = best_response(responses)
-    steps = [Step(e.created_at, f"{e.kind}: {e.to_status}", e.detail) for e in delivery.events] + [
+    steps = [
+        Step(e.created_at, f"{e.kind}: {e.to_status}" if e.to_status else e.kind, e.detail)
+        for e in delivery.events
+    ] + [
         Step(r.received_at, f"response: {r.kind} ({r.channel})", r.excerpt or r.note)
         for r in responses
     ]

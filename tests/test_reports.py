@@ -160,8 +160,9 @@ def test_report_after_a_real_send_and_real_answers(
     assert rows["Sigmar Gabriel"]["responded_at"].startswith("2017-11-20")
     assert "'=1+1 the Minister replies" not in rows["Sigmar Gabriel"]["timeline"]  # mid-cell
     steps = rows[JAGLAND]["timeline"].splitlines()
-    assert [s.split(" ", 2)[2] for s in steps][:3] == ["status: queued", "status: sending",
-                                                       "status: sent — accepted"]  # fmt: skip
+    what = [s.split(" ", 2)[2] for s in steps]  # the check's letter was kept, then it went
+    assert what[0].startswith("letter — PDF letter rendered: Open-letter-Jagland-2017-11-07.pdf (")
+    assert what[1:4] == ["status: queued", "status: sending", "status: sent — accepted"]
     assert steps[-2].endswith("response: reply (email) — We have taken note.")
     assert steps[-1].endswith("outcome: delivered — reply received")
 
