@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 from pypdf import PdfReader
 
 from outreach.errors import TemplateError
@@ -115,6 +116,41 @@ def test_address_block_lies_inside_the_window(tmp_path: Path) -> None:
     for _text, left, top, right, bottom in found:
         assert w.left <= left and right <= w.left + w.width
         assert w.top <= top and bottom <= w.top + w.height
+
+
+def test_the_page_as_printed_shows_the_address_inside_the_window_and_nothing_cut(
+    tmp_path: Path,
+) -> None:
+    """Page 1 rasterised by poppler (`pdftoppm`, PNG at 72 dpi: a pixel a point): the address's
+    words are inked where the PDF says they are, inside the window, and no ink crosses the
+    window's edges, so nothing is cut off when the letter is folded into the envelope."""
+    pdf = renderer_for(TEMPLATE).render(context(VIEWS["Jagland"]), LETTER_DATE).data  # type: ignore[union-attr]
+    (tmp_path / "letter.pdf").write_bytes(pdf)
+    subprocess.run(
+        ["pdftoppm", "-png", "-r", "72", "-f", "1", "-l", "1", "-singlefile",
+         str(tmp_path / "letter.pdf"), str(tmp_path / "page")],
+        check=True,
+    )  # fmt: skip
+    page = Image.open(tmp_path / "page.png").convert("L")
+    assert page.size in {(595, 842), (596, 842)}  # A4 in points (210 mm: 595.3 pt)
+
+    def ink(box: tuple[float, float, float, float]) -> int:
+        """Dark pixels in a box given in millimetres (left, top, right, bottom)."""
+        region = page.crop(tuple(round(v / MM_PER_PT) for v in box))
+        return sum(region.histogram()[:128])
+
+    w = DIN_5008_B
+    right, bottom = w.left + w.width, w.top + w.height
+    address = [e for e in words(pdf, tmp_path) if e[0] in {"67075", "Strasbourg", "France"}]
+    assert len(address) == 3
+    for _word, *box in address:
+        assert ink(tuple(box)) > 10  # drawn where the PDF reports it
+        assert w.left <= box[0] and box[2] <= right and w.top <= box[1] and box[3] <= bottom
+    edges = [
+        (w.left - 0.5, w.top, w.left + 0.5, bottom), (right - 0.5, w.top, right + 0.5, bottom),
+        (w.left, w.top - 0.5, right, w.top + 0.5), (w.left, bottom - 0.5, right, bottom + 0.5),
+    ]  # fmt: skip
+    assert [ink(edge) for edge in edges] == [0, 0, 0, 0]
 
 
 @pytest.mark.parametrize(
