@@ -515,16 +515,25 @@ def _live_counts(name: str, interval: float) -> Table:
     return table
 
 
+STATUS_ROWS = 50  # a campaign larger than this lists only what needs a look, this many at most
+
+
 def _print_status(name: str) -> None:
+    """A row per delivery for a small campaign; for a large one, the counts and the first
+    deliveries that are not done (a table of 10,000 sent letters helps nobody)."""
     with open_session() as session:
         campaign = campaigns.get_campaign(session, name)
-        rows = session.scalars(
+        counts = campaigns.status_counts(session, campaign)
+        query = (
             select(Delivery)
             .where(Delivery.campaign_id == campaign.id)
             .options(selectinload(Delivery.recipient))
             .order_by(Delivery.role.desc(), Delivery.id)
-        ).all()
-        counts = campaigns.status_counts(session, campaign)
+        )
+        total = sum(counts.values())
+        if total > STATUS_ROWS:
+            query = query.where(Delivery.status.not_in((Status.SENT, Status.POSTED)))
+        rows = session.scalars(query.limit(STATUS_ROWS)).all()
         state = f"{campaign.state}: {campaign.paused_reason}" if campaign.paused_reason else ""
         if campaign.resume_at:
             state += f" (tries again at {campaign.resume_at:%Y-%m-%d %H:%M:%S} UTC)"
@@ -539,6 +548,11 @@ def _print_status(name: str) -> None:
             d.channel, _styled(d.status), str(d.attempts), escape(note[:120]),
         )  # fmt: skip
     out.print(table)
+    if total > len(rows):
+        out.print(
+            f"{total - len(rows)} more not listed: `outreach deliveries list --campaign "
+            f"{escape(name)} --status STATUS`"
+        )
     summary = ", ".join(f"{_styled(s)} {n}" for s, n in sorted(counts.items())) or "no deliveries"
     out.print(f"campaign {escape(name)}: {summary}")
     if state:  # why it does not send: paused by the team, or by the circuit breaker

@@ -8,15 +8,17 @@ import email
 import email.policy
 import shutil
 import textwrap
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
-from outreach import db
+from outreach import campaigns, db, deliveries
 from outreach.cli import app
-from outreach.models import Campaign, Delivery, Recipient
+from outreach.config import load_settings
+from outreach.models import Campaign, Delivery, Recipient, Status, utcnow
 from tests.smtpd import RecordingServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -124,3 +126,27 @@ def test_preview_prints_and_writes_the_eml(
 def test_unknown_campaign_lists_the_known_ones(cli: CliRunner) -> None:
     output = run(cli, "campaign", "status", "nope", code=66)
     assert "no campaign named 'nope'" in output
+
+
+def test_status_of_a_large_campaign_lists_what_is_not_done_not_every_letter(
+    cli: CliRunner, database_url: str, tmp_path: Path
+) -> None:
+    people = tmp_path / "members.csv"
+    rows = [f"Member{i:02d},Parliament,member{i:02d}@parliament.example,x" for i in range(80)]
+    people.write_text("family_name,organisation,email,tags\n" + "\n".join(rows) + "\n")
+    run(cli, "recipients", "import", str(people))
+    with db.session_scope(database_url) as session:
+        campaign = campaigns.create_campaign(
+            session, name="big", template_dir=TEMPLATE, sender=FROM, to=["tag:x"]
+        )
+        campaigns.schedule(session, campaign, load_settings(), at=utcnow() + timedelta(days=1))
+        for delivery_id in session.scalars(select(Delivery.id).order_by(Delivery.id).limit(20)):
+            deliveries.transition(session, delivery_id, Status.PENDING, Status.QUEUED)
+            deliveries.claim(session, delivery_id)
+            deliveries.mark_sent(session, delivery_id, "250 ok")
+    output = run(cli, "campaign", "status", "big")
+    assert "Member00" not in output and "Member19" not in output  # sent: counted, not listed
+    assert "Member20" in output and "Member69" in output  # the first 50 not sent yet
+    assert "Member70" not in output
+    assert "30 more not listed: `outreach deliveries list --campaign big --status STATUS`" in output
+    assert "campaign big: pending 60, sent 20" in output
