@@ -4,9 +4,9 @@ the email path.
 A letter reaches a delivery in one of three ways:
 - `campaign send` and `campaign schedule` check every message before they create anything, and
   render each letter on the way: `keep_checked` keeps those with the new deliveries;
-- for the letters still missing (a campaign created otherwise, a letter that failed the check's
-  transaction), the dispatcher asks the workers for a few at a time (`dispatch.py`) and
-  `prepare_letters` renders them, in worker processes beside those that send;
+- for the letters still missing (a campaign scheduled through the API, not the CLI), the
+  dispatcher asks the workers for a few at a time (`dispatch.py`), before the campaign starts
+  if it is scheduled, and `prepare_letters` renders them in worker processes beside the sends;
 - the send itself renders a letter that was not kept, or whose key no longer matches what it
   would be rendered from now (an address changed, the layout was edited): never a stale letter.
 
