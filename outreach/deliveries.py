@@ -23,12 +23,12 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Update, bindparam, exists, insert, select, update
 from sqlalchemy.orm import Session
-from sqlalchemy.sql.selectable import ScalarSelect
 
+from outreach import suppression
 from outreach.errors import InputError, TransitionError
-from outreach.models import Delivery, Event, Status, utcnow
+from outreach.models import Campaign, CampaignState, Delivery, Event, Status, Suppression, utcnow
 
 ALLOWED: dict[Status, frozenset[Status]] = {
     Status.PENDING: frozenset(
@@ -77,41 +77,80 @@ def transition(
     target: Status,
     *,
     detail: str = "",
-    skip_locked: bool = False,
     **values: Any,
 ) -> bool:
     """Move one delivery from `source` to `target` if it is still in `source`.
 
-    Returns False (and writes nothing) when another worker got there first; with `skip_locked`,
-    also when another transaction holds the row (PostgreSQL: no waiting on a lock to find the
-    delivery taken; SQLite has no row locks, its writers take turns). `values` are further
-    columns to set in the same update (attempts, last_error, next_attempt_at, ...).
+    Returns False (and writes nothing) when another worker got there first. `values` are
+    further columns to set in the same update (last_error, next_attempt_at, ...).
     """
     check_allowed(source, target)
+    return _move(session, _MOVE, delivery_id, source, target, detail, values)
+
+
+_ROWS = Delivery.__table__
+_LOCKABLE = _ROWS.alias("lockable")  # a subquery of its own, not correlated to the UPDATE
+_CAMPAIGNS, _SUPPRESSIONS = Campaign.__table__, Suppression.__table__
+
+# The statements are built once, on the tables: the SET clause comes from the parameters of
+# each call, so one statement and its cached compiled form serve every transition. (Built per
+# call on the ORM entity, they cost more CPU than the database took to run them.)
+_MOVE = (
+    update(_ROWS)
+    .where(_ROWS.c.id == bindparam("id_"), _ROWS.c.status == bindparam("source"))
+    .returning(_ROWS.c.campaign_id)
+)
+_UNLOCKED = (  # the row's id unless another transaction holds it (PostgreSQL; SQLite ignores)
+    select(_LOCKABLE.c.id)
+    .where(_LOCKABLE.c.id == bindparam("id_"), _LOCKABLE.c.status == bindparam("source"))
+    .with_for_update(skip_locked=True)
+    .scalar_subquery()
+)
+_CLAIM = (
+    update(_ROWS)
+    .where(_ROWS.c.id == _UNLOCKED, _ROWS.c.status == bindparam("source"))
+    .values(attempts=_ROWS.c.attempts + 1)
+    .returning(_ROWS.c.campaign_id)
+)
+_CLAIM_TO_SEND = _CLAIM.where(  # ... only while the campaign runs and the address is not listed
+    exists().where(
+        _CAMPAIGNS.c.id == _ROWS.c.campaign_id, _CAMPAIGNS.c.state == CampaignState.RUNNING
+    ),
+    ~exists().where(_SUPPRESSIONS.c.key == bindparam("suppression_key")),
+)
+_EVENT = insert(Event.__table__)
+
+
+def _move(
+    session: Session,
+    statement: Update,
+    delivery_id: int,
+    source: Status,
+    target: Status,
+    detail: str,
+    values: dict[str, Any],
+    **where: Any,
+) -> bool:
+    """Run a compare-and-swap statement and, if it moved the row, write its Event."""
     now = utcnow()
-    rows = Delivery.__table__
-    which = rows.c.id == (_unlocked(delivery_id, source) if skip_locked else delivery_id)
-    result = session.execute(
-        update(rows)
-        .where(which, rows.c.status == source)
-        .values(status=target, updated_at=now, **values)
-        .returning(rows.c.campaign_id)
-    )
-    row = result.first()
+    columns = {"status": target, "updated_at": now, **values}
+    params = {"id_": delivery_id, "source": source, **where, **columns}
+    row = session.execute(statement, params).first()
     if row is None:
         return False
     session.execute(
-        insert(Event.__table__).values(
-            campaign_id=row.campaign_id,
-            delivery_id=delivery_id,
-            kind="status",
-            from_status=source,
-            to_status=target,
-            detail=detail,
-            created_at=now,
-        )
+        _EVENT,
+        {
+            "campaign_id": row.campaign_id,
+            "delivery_id": delivery_id,
+            "kind": "status",
+            "from_status": source,
+            "to_status": target,
+            "detail": detail,
+            "created_at": now,
+        },
     )
-    _expire(session, delivery_id, ["status", "updated_at", *values])
+    _expire(session, delivery_id, [*columns, "attempts"])  # attempts: a claim counts one
     return True
 
 
@@ -122,18 +161,6 @@ def _expire(session: Session, delivery_id: int, columns: list[str]) -> None:
     loaded = session.identity_map.get(session.identity_key(Delivery, delivery_id))
     if loaded is not None:
         session.expire(loaded, columns)
-
-
-_LOCKABLE = Delivery.__table__.alias("lockable")  # a subquery of its own, not correlated
-
-
-def _unlocked(delivery_id: int, source: Status) -> ScalarSelect[int]:
-    """The delivery's id if it is in `source` and no other transaction holds its row (FOR UPDATE
-    SKIP LOCKED on PostgreSQL). Built on the table, not an ORM alias: an alias made per call
-    costs more than the statement it guards."""
-    row = _LOCKABLE.c
-    wanted = select(row.id).where(row.id == delivery_id, row.status == source)
-    return wanted.with_for_update(skip_locked=True).scalar_subquery()
 
 
 def transition_many(
@@ -176,16 +203,18 @@ def transition_many(
     return [delivery_id for delivery_id, _ in moved]
 
 
-def claim(session: Session, delivery_id: int) -> bool:
-    """Take a queued delivery for sending: the attempt is counted before the DATA goes out."""
-    return transition(
-        session,
-        delivery_id,
-        Status.QUEUED,
-        Status.SENDING,
-        skip_locked=True,
-        attempts=Delivery.attempts + 1,
-        next_attempt_at=None,
+def claim(session: Session, delivery_id: int, *, address: str | None = None) -> bool:
+    """Take a queued delivery for sending, the attempt counted before the DATA goes out. Given
+    the `address` it goes to (the send loop), only while its campaign runs and the address is
+    not on the suppression list, checked in the same statement: no query of its own for that
+    per message (`sending._refusal` tells why, when a claim misses)."""
+    if address is None:
+        statement, where = _CLAIM, {}
+    else:
+        statement, where = _CLAIM_TO_SEND, {"suppression_key": suppression.key(address)}
+    values = {"next_attempt_at": None}
+    return _move(
+        session, statement, delivery_id, Status.QUEUED, Status.SENDING, "", values, **where
     )
 
 

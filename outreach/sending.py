@@ -3,11 +3,11 @@
 The connection is opened first, while nothing is claimed: a server that is down, answers 421 or
 fails TLS pauses the campaign (the circuit breaker) instead of burning attempts. Then, for each
 delivery: take a token from the shared rate limit, prepare its message while it is still
-`queued` (or reuse what was kept on an earlier attempt), claim it (`queued -> sending`,
-committed together with the kept message), send it, and commit the result before the next
-message's DATA. So at most one message per connection is ever in the uncertain window, and a
-worker that dies there leaves a `sending` row that recovery turns into `unknown` instead of
-sending it twice.
+`queued` (or reuse what was kept on an earlier attempt), claim it (`queued -> sending`, only
+while its campaign runs and its address is not suppressed, committed together with the kept
+message), send it, and commit the result before the next message's DATA. So at most one
+message per connection is ever in the uncertain window, and a worker that dies there leaves a
+`sending` row that recovery turns into `unknown` instead of sending it twice.
 """
 
 from __future__ import annotations
@@ -171,14 +171,9 @@ def _give_back(session: Session, delivery_ids: Sequence[int], reason: str) -> No
 
 
 def _send_one(session: Session, delivery: Delivery, sender: Sender) -> str:
-    """One message: refuse, prepare, claim and commit, send; the outcome is left uncommitted
+    """One message: prepare, claim (or refuse) and commit, send; the outcome is left uncommitted
     for the next claim's commit (or the batch's last) to carry."""
     delivery_id = delivery.id
-    refusal = _refusal(session, delivery)
-    if refusal is not None:
-        target, reason = refusal
-        deliveries.transition(session, delivery_id, Status.QUEUED, target, detail=reason)
-        return target
     spec = kept_spec(delivery)
     fresh = spec is None
     try:
@@ -196,22 +191,35 @@ def _send_one(session: Session, delivery: Delivery, sender: Sender) -> str:
         data = compose(spec)
         rcpts = envelope_recipients(spec, delivery.campaign.bcc)
     except OutreachError as exc:  # nothing of this delivery is written yet
+        if (refused := _refuse(session, delivery)) is not None:
+            return refused
         deliveries.mark_failed(session, delivery_id, str(exc), source=Status.QUEUED)
         return Status.FAILED
-    # This attempt's number, read before the claim: the claim's ORM UPDATE also increments
-    # `delivery.attempts` in the session, so reading it afterwards would count one too many.
+    # This attempt's number, read before the claim: the claim also increments
+    # `delivery.attempts`, so reading it afterwards would count one too many.
     attempt = delivery.attempts + 1
-    if not deliveries.claim(session, delivery_id):
-        return "skipped"  # another worker has it; nothing of ours to undo
+    if not deliveries.claim(session, delivery_id, address=delivery.address):
+        return _refuse(session, delivery) or "skipped"  # nothing of ours to undo
     if fresh:
         keep(session, delivery, spec)
     session.commit()  # the uncertain window opens: `sending` is on disk before the DATA
     return _deliver(session, delivery, attempt, rcpts, data, sender)
 
 
+def _refuse(session: Session, delivery: Delivery) -> Status | None:
+    """Take a delivery the claim refused out of the queue, if the campaign or the suppression
+    list is why (not another worker having it); the status it went to, or None."""
+    refusal = _refusal(session, delivery)
+    if refusal is None:
+        return None
+    target, reason = refusal
+    moved = deliveries.transition(session, delivery.id, Status.QUEUED, target, detail=reason)
+    return target if moved else None
+
+
 def _refusal(session: Session, delivery: Delivery) -> tuple[Status, str] | None:
-    """Why this delivery must not go now, checked as late as possible: the campaign was paused
-    or cancelled, or the address is on the do-not-contact list."""
+    """Why this delivery must not go now: the campaign was paused or cancelled, or the address
+    is on the do-not-contact list. Asked only when the claim, which checks both, missed."""
     state = session.scalar(select(Campaign.state).where(Campaign.id == delivery.campaign_id))
     if state == CampaignState.CANCELLED:
         return Status.CANCELLED, "campaign cancelled"

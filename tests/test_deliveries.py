@@ -5,11 +5,11 @@ from __future__ import annotations
 import threading
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
-from outreach import db, deliveries
+from outreach import db, deliveries, suppression
 from outreach.errors import TransitionError
-from outreach.models import Campaign, Delivery, Event, Recipient, Status
+from outreach.models import Campaign, CampaignState, Delivery, Event, Recipient, Status
 
 
 def _one_delivery(url: str, status: Status = Status.QUEUED) -> int:
@@ -49,6 +49,18 @@ def test_a_second_claim_does_nothing(database_url: str) -> None:
         assert deliveries.claim(session, delivery_id)
     with db.session_scope(database_url) as session:
         assert not deliveries.claim(session, delivery_id)
+        assert session.scalar(select(func.count()).select_from(Event)) == 1
+
+
+def test_the_send_loops_claim_misses_unless_running_and_not_suppressed(database_url: str) -> None:
+    delivery_id = _one_delivery(database_url)
+    with db.session_scope(database_url) as session:
+        assert not deliveries.claim(session, delivery_id, address="a@example.org")  # a draft
+        session.execute(update(Campaign).values(state=CampaignState.RUNNING))
+        suppression.add(session, "A@example.org", "asked")
+        assert not deliveries.claim(session, delivery_id, address="a@example.org")
+        suppression.remove(session, "a@example.org")
+        assert deliveries.claim(session, delivery_id, address="a@example.org")
         assert session.scalar(select(func.count()).select_from(Event)) == 1
 
 
