@@ -6,6 +6,7 @@ import dataclasses
 import email
 import email.policy
 import hashlib
+import random
 import re
 from datetime import UTC, datetime, timedelta, timezone
 from email.message import EmailMessage, MIMEPart
@@ -117,6 +118,62 @@ def test_deterministic_bytes() -> None:
     boundaries = set(re.findall(rb'boundary="([^"]+)"', first))
     assert len(boundaries) == 2 and all(b.startswith(b"=_outreach_") for b in boundaries)
     assert compose(spec(message_id="<other@odfoundation.eu>")) != first
+
+
+# The bytes of a varied corpus, pinned: a change to composition (a faster path, a Python
+# upgrade) must not change what a message sent before it rebuilds to (`deliveries show --eml`).
+# Computed with the email package's own encoders before any faster path was written.
+CORPUS_SHA256 = "560014e7f11c9f9dc6e786166ca5602e40f308d443b5f163b03bda9d9cac9819"
+# fmt: off
+NAMES = ["Jean Dupont", "Thorbjørn Jagland", "Zoë O'Brien-Smith", "王小明", 'Dr. A. "Ace" Cole',
+         "Müller, Hans", "Ελένη Παπαδοπούλου", "x" * 90, "Łukasz Żółć", "José María Aznar López"]
+WORDS = ["letter", "Präsident", "naïve", "=", "equals=sign", "tab\there", "€100", "日本語", "ok.",
+         "a" * 30, "—", "résumé", "==", "=3D", "end "]
+LINES = ["", ".", ".starts with a dot", "From the start", "trailing space ", "trailing tab\t",
+         "x" * 75, "y" * 76, "z" * 77, "w" * 160, "=" * 80, "é" * 40, "a=b " * 30,
+         "line with\r\ncrlf inside", "cr\ronly", "ends with equals=", " leading space",
+         "mix ä ö ü ß " * 9, "\tindented", "..", "=20", "a" * 74 + " ", "b" * 75 + "\t"]
+# fmt: on
+
+
+def varied_spec(r: random.Random, i: int) -> MessageSpec:
+    """One of the corpus: names, subjects and bodies that exercise quoting, encoded words,
+    folding, quoted-printable soft breaks, trailing white space, dots, CR and CRLF."""
+    text = "\n".join(r.choice(LINES) for _ in range(r.randint(0, 40)))
+    text += r.choice(["", "\n", "\r\n", " ", "\n\n"])
+    html = None
+    if r.random() < 0.4:
+        html = "<p>" + "</p>\n<p>".join(r.choices(LINES + WORDS, k=r.randint(1, 30))) + "</p>"
+    attachments: tuple[Attachment, ...] = ()
+    if r.random() < 0.5:
+        data = bytes(r.getrandbits(8) for _ in range(r.randint(0, 3000)))
+        filename = r.choice(["a.pdf", "Brief ä.pdf", "notes.txt", "x" * 80 + ".pdf"])
+        kind = r.choice(["application/pdf", "text/plain", "application/octet-stream"])
+        attachments = (Attachment(filename, kind, data),)
+    tz = timezone(timedelta(minutes=r.choice([0, 60, -300, 330])))
+    cc = [format_address(r.choice(NAMES), f"cc{j}@example.org") for j in range(r.randint(0, 3))]
+    thread = (("In-Reply-To", "<first@example.org>"), ("References", "<first@example.org>"))
+    return MessageSpec(
+        message_id=f"<{i:05d}.{r.getrandbits(32):08x}@example.org>",
+        date=datetime(2026, 1, 1, tzinfo=tz) + timedelta(seconds=r.randint(0, 10**8)),
+        sender=format_address(r.choice(["Open Dialog", "Fondation é", ""]), "office@example.org"),
+        to=format_address(r.choice(NAMES), f"person{i}@example.org"),
+        cc=tuple(cc),
+        reply_to=r.choice(["", "replies@example.org"]),
+        subject=" ".join(r.choice(WORDS) for _ in range(r.randint(1, 25))),
+        text=text,
+        html=html,
+        attachments=attachments,
+        extra_headers=r.choice([(), thread]),
+    )
+
+
+def test_a_varied_corpus_composes_to_the_same_bytes_as_ever() -> None:
+    r = random.Random(5)
+    digest = hashlib.sha256()
+    for i in range(400):
+        digest.update(compose(varied_spec(r, i)))
+    assert digest.hexdigest() == CORPUS_SHA256
 
 
 def test_crlf_line_ends_and_short_lines() -> None:
