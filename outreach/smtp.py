@@ -16,7 +16,6 @@ never set (it would print the AUTH line); this module logs at debug level withou
 from __future__ import annotations
 
 import logging
-import re
 import smtplib
 import ssl
 from pathlib import Path
@@ -40,7 +39,6 @@ log = logging.getLogger("outreach.smtp")
 Security = Literal["plain", "starttls", "ssl"]
 SECURITIES: tuple[str, ...] = get_args(Security)
 
-_LEADING_DOT = re.compile(rb"(?m)^\.")
 
 Refused = dict[str, tuple[int, str]]
 """Recipients the server refused while accepting the message for others: address -> reply."""
@@ -200,8 +198,7 @@ class SmtpClient:
         if code != 354:
             _abandon(conn, code)
             raise smtplib.SMTPDataError(code, reply)
-        body = _LEADING_DOT.sub(b"..", data)
-        conn.send(body + (b"" if body.endswith(b"\r\n") else b"\r\n") + b".\r\n")
+        conn.send(_dot_stuffed(data) + (b"" if data.endswith(b"\r\n") else b"\r\n") + b".\r\n")
         try:
             code, reply = conn.getreply()
         except OSError as exc:  # SMTPServerDisconnected, a timeout, a reset
@@ -345,6 +342,13 @@ def _abandon(conn: smtplib.SMTP, code: int) -> None:
             conn.rset()
     except smtplib.SMTPServerDisconnected:
         pass
+
+
+def _dot_stuffed(data: bytes) -> bytes:
+    """A dot that starts a line is doubled (RFC 5321 4.5.2); with `bytes.replace`, since a
+    multiline regular expression takes a millisecond to walk a 140 KB message."""
+    stuffed = data.replace(b"\n.", b"\n..")
+    return b"." + stuffed if stuffed.startswith(b".") else stuffed
 
 
 def _tls_context(ca_bundle: Path | None) -> ssl.SSLContext:
