@@ -6,17 +6,21 @@ N recipients into an smtp-sink, exactly as the task runs it, without Celery or R
         benchmarks/profile_worker.py --n 2000 --db sqlite                         # (see README)
 
 Prints messages per second and CPU ms per message of this process (the sink's CPU apart).
+With --memory, also the Python heap (tracemalloc) after the 4th batch and after the last, and
+the lines that grew most between them: flat means nothing is kept per message.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import resource
 import shutil
 import subprocess
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -32,6 +36,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--db", default="sqlite")
     parser.add_argument("--batch-size", type=int, default=50)
+    parser.add_argument("--memory", action="store_true", help="trace the heap (slow)")
     args = parser.parse_args()
     out = HERE / "out" / f"profile-{args.db}"
     shutil.rmtree(out, ignore_errors=True)
@@ -89,20 +94,43 @@ def profile(url: str, csv_path: Path, args: argparse.Namespace) -> None:
     kits, throttle = sending.KitCache(), LocalThrottle()
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
-    for batch in tick.batches:
+    if args.memory:
+        tracemalloc.start(10)
+    snapshots = []
+    for number, batch in enumerate(tick.batches, 1):
         with SmtpClient.from_settings(settings) as transport:
             sender = sending.Sender(transport, settings, kits, throttle)
             sending.send_batch(sessions, batch, sender)
+        if args.memory and number in (4, len(tick.batches)):
+            gc.collect()  # what is kept, not what awaits the cycle collector
+            snapshots.append((number * args.batch_size, tracemalloc.take_snapshot()))
     wall = time.perf_counter() - started
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu = cpu1.ru_utime - cpu0.ru_utime + cpu1.ru_stime - cpu0.ru_stime
     with db.session_scope(url) as session:
         print(campaigns.status_counts(session, campaign))
+    if len(snapshots) == 2:
+        heap_growth(*snapshots)
     print(
         f"{args.n / wall:.0f} msg/s, {1000 * cpu / args.n:.2f} CPU ms/msg in this process, "
         f"{counts['statements'] / args.n:.1f} statements and {counts['commits'] / args.n:.2f} "
         "commits per message"
     )
+
+
+def heap_growth(
+    first: tuple[int, tracemalloc.Snapshot], last: tuple[int, tracemalloc.Snapshot]
+) -> None:
+    """The heap after the first batches and at the end, and where it grew most."""
+    (sent0, snap0), (sent1, snap1) = first, last
+    size0, size1 = (sum(s.size for s in snap.statistics("filename")) for snap in (snap0, snap1))
+    per_message = (size1 - size0) / max(sent1 - sent0, 1)
+    print(f"heap: {size0 / 1e6:.1f} MB after {sent0} messages, {size1 / 1e6:.1f} MB after "
+          f"{sent1}: {per_message / 1e3:.2f} KB per message")  # fmt: skip
+    for stat in snap1.compare_to(snap0, "traceback")[:5]:
+        ours = [f for f in stat.traceback if "/outreach/" in f.filename] or list(stat.traceback)
+        frame = ours[-1]  # the most recent of our frames
+        print(f"  {stat.size_diff / 1e6:+.2f} MB  {frame.filename}:{frame.lineno}")
 
 
 if __name__ == "__main__":

@@ -90,6 +90,18 @@ def tree(root: int) -> list[int]:
     return found
 
 
+def wait_quiet(pids: Callable[[], Iterable[int]], timeout: float = 60.0) -> None:
+    """Until the processes have used less than 4 % of a core for half a second: started up.
+    On a slow or busy machine a fixed sleep counted the last imports as the first messages."""
+    deadline, before = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        now = sum(cpu_seconds(pid) or 0.0 for pid in pids())
+        if before is not None and now - before < 0.02:
+            return
+        before = now
+        time.sleep(0.5)
+
+
 class Monitor:
     """Samples the CPU of named groups of processes every 0.2 s; a process that exits keeps its
     last sample. Long-lived shared processes are counted from a baseline."""
@@ -310,18 +322,22 @@ def outreach_cli(env: dict[str, str], *args: str, cwd: Path) -> subprocess.Compl
     return result
 
 
-def in_process(url: str) -> tuple[float, float, float, float]:
-    """Seconds to create the campaign's deliveries (a probe campaign over the same recipients,
-    rolled back) and milliseconds of status_counts over the sent campaign (median of 5, first)."""
+def in_process(url: str) -> dict[str, float]:
+    """Figures taken in this process over the sent campaign, without interpreter start-up:
+    milliseconds of `status_counts` (median of 5, and the first), seconds of `report` (built,
+    as the CLI's `report` does, and written as CSV), the seconds from the first `queued` event
+    to the last outcome, and seconds to create the deliveries of a probe campaign over the same
+    recipients (flushed, then rolled back)."""
     from sqlalchemy import func, select
 
-    from outreach import campaigns, db
+    from outreach import campaigns, db, reports
     from outreach.config import get_settings
     from outreach.models import Event
     from outreach.models import utcnow as now
 
     settings = get_settings()
     sessions = db.session_factory(url)
+    figures: dict[str, float] = {}
     with sessions() as session:
         campaign = campaigns.get_campaign(session, "bench")
         timings = []
@@ -330,6 +346,12 @@ def in_process(url: str) -> tuple[float, float, float, float]:
             campaigns.status_counts(session, campaign)
             timings.append(1000 * (time.perf_counter() - started))
             session.rollback()
+        figures["counts_ms"] = statistics.median(timings[1:])
+        figures["counts_first_ms"] = timings[0]
+        started = time.perf_counter()
+        reports.to_csv(reports.build_report(session, campaign))
+        figures["report_s"] = time.perf_counter() - started
+        session.rollback()
         q = select(func.min(Event.created_at)).where(
             Event.campaign_id == campaign.id, Event.to_status == "queued"
         )
@@ -339,6 +361,8 @@ def in_process(url: str) -> tuple[float, float, float, float]:
                 Event.campaign_id == campaign.id, Event.to_status.in_(("sent", "failed"))
             )
         )
+        if first is not None and last is not None:
+            figures["elapsed_s"] = (last - first).total_seconds()
         probe = campaigns.create_campaign(
             session, name="probe", template_dir=workload.TEMPLATE, sender=workload.SENDER,
             to=["tag:principal"],
@@ -346,10 +370,10 @@ def in_process(url: str) -> tuple[float, float, float, float]:
         started = time.perf_counter()
         campaigns.schedule(session, probe, settings, at=now())
         session.flush()
-        created = time.perf_counter() - started
+        figures["create_s"] = time.perf_counter() - started
         session.rollback()
     db.get_engine.cache_clear()
-    return created, statistics.median(timings[1:]), timings[0], (last - first).total_seconds()
+    return figures
 
 
 def outreach_run(services: Services, kind: str, n: int, args: argparse.Namespace) -> Result:
@@ -415,13 +439,14 @@ def outreach_run(services: Services, kind: str, n: int, args: argparse.Namespace
          "-s", str(folder / "beat-schedule")],
         env=env, cwd=ROOT, stdout=logs, stderr=subprocess.STDOUT,
     )  # fmt: skip
-    time.sleep(3)  # the workers' pools are up
     groups: dict[str, Callable[[], Iterable[int]]] = {
         "workers": lambda: [p for w in workers for p in tree(w.pid)],
         "beat": lambda: tree(beat.pid),
         "redis": lambda: [services.redis.pid],
         "smtp-sink": lambda: [services.sink.pid],
     }
+    time.sleep(3)  # the workers' pools are forked
+    wait_quiet(lambda: [*groups["workers"](), *groups["beat"]()])  # ... and done importing
     if kind == "postgresql":
         groups["postgresql backends"] = pg_backends(url.rsplit("/", 1)[1])
         groups["(postgresql aux, shared)"] = pg_aux
@@ -445,7 +470,7 @@ def outreach_run(services: Services, kind: str, n: int, args: argparse.Namespace
     for process in [beat, *workers]:
         stop(process)
     os.environ["OUTREACH_DATABASE_URL"] = url  # for get_settings() in in_process
-    created, counts_ms, counts_first_ms, elapsed = in_process(url)
+    figures = in_process(url)
     sent = count_sent(url)
     if sent != n:
         print(f"  warning: {sent} of {n} sent", flush=True)
@@ -453,11 +478,61 @@ def outreach_run(services: Services, kind: str, n: int, args: argparse.Namespace
         fresh_database_drop(url)
     cpu["(campaign send: check all, CLI)"] = send_cpu
     return Result(
-        f"outreach {kind}, N={n}", n, n / elapsed, cpu,
-        {"rss": rss, "create_s": created, "counts_ms": counts_ms,
-         "counts_first_ms": counts_first_ms, "send_cmd_s": send_wall, "import_s": imported,
-         "elapsed_s": elapsed},
+        f"outreach {kind}, N={n}", n, n / figures["elapsed_s"], cpu,
+        {"rss": rss, "send_cmd_s": send_wall, "import_s": imported, **figures},
     )  # fmt: skip
+
+
+def scale_run(kind: str, n: int, out: Path) -> Result:
+    """The figures that depend on N without sending N messages (at ~100 msg/s on 2 cores, 100k
+    take half an hour per database): the campaign's deliveries created, then all of them marked
+    sent in one statement with one event each, then `in_process` as after a real send."""
+    from sqlalchemy import text
+
+    from outreach import campaigns, db
+    from outreach.config import get_settings
+    from outreach.models import utcnow as now
+
+    folder = out.resolve() / f"scale-{kind}-{n}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    csv_path = folder.parent / f"recipients-{n}.csv"
+    workload.write_recipients(csv_path, n)
+    url = fresh_database(kind, folder)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTREACH_")}
+    env.update(
+        OUTREACH_HOME=str(folder),
+        OUTREACH_DATABASE_URL=url,
+        OUTREACH_SENDER=workload.SENDER,
+        PYTHONPATH=str(ROOT),
+    )
+    outreach_cli(env, "db", "upgrade", cwd=folder)
+    outreach_cli(env, "recipients", "import", str(csv_path), cwd=folder)
+    outreach_cli(env, "campaign", "create", "bench", "--template", str(workload.TEMPLATE),
+                 "--to", "tag:principal", cwd=folder)  # fmt: skip
+    os.environ["OUTREACH_DATABASE_URL"] = url
+    with db.session_scope(url) as session:
+        campaign = campaigns.get_campaign(session, "bench")
+        started = time.perf_counter()
+        campaigns.schedule(session, campaign, get_settings(), at=now())
+        session.flush()
+        created = time.perf_counter() - started
+    with db.session_scope(url) as session:
+        session.execute(text(
+            "INSERT INTO events (campaign_id, delivery_id, kind, from_status, to_status, detail,"
+            " created_at) SELECT campaign_id, id, 'status', 'sending', 'sent', 'accepted',"
+            " created_at FROM deliveries"))  # fmt: skip
+        session.execute(text("UPDATE deliveries SET status = 'sent', sent_at = created_at"))
+    if kind == "postgresql":
+        with db.get_engine(url).connect() as conn:
+            conn.execution_options(isolation_level="AUTOCOMMIT").execute(text("VACUUM ANALYZE"))
+    figures = in_process(url)
+    _engines[url] = db.get_engine(url)
+    if kind == "postgresql":
+        fresh_database_drop(url)
+    return Result(
+        f"outreach {kind}, N={n}, in process", n, 0.0, {}, {**figures, "create_s": created}
+    )
 
 
 def done(url: str) -> bool:
@@ -494,28 +569,31 @@ def fresh_database_drop(url: str) -> None:
 
 def table(ceil: Result, peers: dict[int, Result], runs: list[Result]) -> str:
     head = ("run / process", "msg/s", "x ceiling", "x mailmerge", "CPU ms/msg", "worker RSS MB",
-            "create s", "counts ms", "send cmd s")  # fmt: skip
+            "create s", "counts ms", "report s", "send cmd s")  # fmt: skip
     rows: list[tuple[str, ...]] = []
 
     def add(result: Result, ratio_peer: Result | None) -> None:
         extra = result.extra
+        sent = bool(result.rate)  # a scale run sends nothing
         rows.append((
-            result.run, f"{result.rate:,.0f}", f"{result.rate / ceil.rate:.2f}",
-            f"{result.rate / ratio_peer.rate:.1f}" if ratio_peer else "",
-            f"{result.cpu_ms:.2f}", f"{extra['rss']:.0f}" if "rss" in extra else "",
+            result.run, f"{result.rate:,.0f}" if sent else "",
+            f"{result.rate / ceil.rate:.2f}" if sent else "",
+            f"{result.rate / ratio_peer.rate:.1f}" if ratio_peer and sent else "",
+            f"{result.cpu_ms:.2f}" if sent else "", f"{extra['rss']:.0f}" if "rss" in extra else "",
             f"{extra['create_s']:.2f}" if "create_s" in extra else "",
             f"{extra['counts_ms']:.1f}" if "counts_ms" in extra else "",
+            f"{extra['report_s']:.2f}" if "report_s" in extra else "",
             f"{extra['send_cmd_s']:.1f}" if "send_cmd_s" in extra else "",
         ))  # fmt: skip
         for name, seconds in result.cpu.items():
             rows.append((f"  {name}", "", "", "", f"{1000 * seconds / result.n:.2f}",
-                         "", "", "", ""))  # fmt: skip
+                         "", "", "", "", ""))  # fmt: skip
 
     add(ceil, None)
     for _, result in sorted(peers.items()):
         add(result, None)
     for result in runs:
-        add(result, peers.get(result.n) or peers[max(peers)])
+        add(result, peers.get(result.n) or (peers[max(peers)] if peers else None))
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     lines = [
         "  ".join(
@@ -543,11 +621,16 @@ def main() -> None:
         default=10000,
         help="mailmerge sends at most this many (it runs at ~100 msg/s)",
     )
+    parser.add_argument(
+        "--scale",
+        default="",
+        help="sizes measured in process only (create, counts, report), e.g. 100000",
+    )
     parser.add_argument("--timeout", type=float, default=3600)
     parser.add_argument("--keep", action="store_true", help="keep the PostgreSQL databases")
     parser.add_argument("--out", type=Path, default=HERE / "out")
     args = parser.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")]
+    sizes = [int(s) for s in args.sizes.split(",") if s]
     args.out.mkdir(parents=True, exist_ok=True)
     workload.write_pdf()
     sample = args.out / "sample.eml"
@@ -570,6 +653,10 @@ def main() -> None:
                 print(f"  {result.run}: {result.rate:.0f} msg/s, {result.cpu_ms:.2f} CPU ms/msg, "
                       f"load average {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
                 runs.append(result)
+        for kind in args.db.split(","):
+            for n in [int(s) for s in args.scale.split(",") if s]:
+                runs.append(scale_run(kind, n, args.out))
+                print(f"  {runs[-1].run}: done", flush=True)
     finally:
         services.stop()
         if postfix_master_pids():
