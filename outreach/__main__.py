@@ -2,4 +2,5 @@
 
 from outreach.cli import main
 
-main()
+if __name__ == "__main__":  # not again in the processes `campaign check` spawns to render
+    main()
