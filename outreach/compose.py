@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from email import quoprimime
 from email.generator import BytesGenerator
-from email.headerregistry import Address, BaseHeader
+from email.headerregistry import Address, BaseHeader, HeaderRegistry
 from email.message import EmailMessage, Message, MIMEPart
-from email.policy import SMTP
+from email.policy import SMTP as _SMTP
 from email.utils import format_datetime
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -41,6 +41,26 @@ OWN_HEADERS = frozenset(
         "Content-Type", "Content-Transfer-Encoding", "Content-Disposition",
     )
 )  # fmt: skip
+
+
+class _Registry(HeaderRegistry):
+    """The email package's header factory makes a new class at every lookup, for each header
+    parsed and again for each header set on a message (to read its maximum count): here the
+    same class per header name, made once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._made: dict[str, type[BaseHeader]] = {}
+
+    def __getitem__(self, name: str) -> type[BaseHeader]:
+        key = name.lower()
+        made = self._made.get(key)
+        if made is None:
+            made = self._made[key] = super().__getitem__(key)
+        return made
+
+
+SMTP = _SMTP.clone(header_factory=_Registry())  # the standard SMTP policy in all else
 
 
 @dataclass(frozen=True)
