@@ -91,9 +91,7 @@ def send_batch(
 
     One session for the batch, loaded in one query. Each message's outcome is committed with
     the next message's claim (one commit per message, both on disk before the next DATA), and
-    at once when the rate limit may make the worker wait: no write waits on a token. On SQLite
-    it is committed at once too: its one write lock, held while the next message renders,
-    would make every other worker's claim wait (a commit there costs no fsync)."""
+    at once when the rate limit may make the worker wait: no write waits on a token."""
     outcome: Counter[str] = Counter()
     try:
         sender.transport.open()
@@ -104,7 +102,6 @@ def send_batch(
         return outcome
     with sessions() as session:
         batch = _load(session, delivery_ids)
-        one_writer = session.get_bind().dialect.name == "sqlite"
         for position, delivery in enumerate(batch):
             if delivery.status != Status.QUEUED:
                 outcome["skipped"] += 1
@@ -118,8 +115,6 @@ def send_batch(
                 outcome["waiting"] += len(rest)
                 break
             outcome[_send_one(session, delivery, sender)] += 1
-            if one_writer:
-                session.commit()
         session.commit()  # the last message's outcome
     return outcome
 
