@@ -376,23 +376,31 @@ def in_process(url: str) -> dict[str, float]:
     return figures
 
 
-def outreach_run(services: Services, kind: str, n: int, args: argparse.Namespace) -> Result:
-    folder = services.out / f"outreach-{kind}-{n}"
+def workspace(folder: Path, kind: str, n: int) -> tuple[Path, Path, str, dict[str, str]]:
+    """A fresh folder and database, the N recipients as CSV beside it, and the environment of
+    the outreach commands run in it."""
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    csv_path = services.out / f"recipients-{n}.csv"
+    csv_path = folder.parent / f"recipients-{n}.csv"
     workload.write_recipients(csv_path, n)
     url = fresh_database(kind, folder)
     env = {k: v for k, v in os.environ.items() if not k.startswith("OUTREACH_")}
     env.update(
         OUTREACH_HOME=str(folder),
         OUTREACH_DATABASE_URL=url,
+        OUTREACH_SENDER=workload.SENDER,
+        PYTHONPATH=str(ROOT),
+    )
+    return folder, csv_path, url, env
+
+
+def outreach_run(services: Services, kind: str, n: int, args: argparse.Namespace) -> Result:
+    folder, csv_path, url, env = workspace(services.out / f"outreach-{kind}-{n}", kind, n)
+    env.update(
         OUTREACH_BROKER_URL=services.broker,
         OUTREACH_SMTP_HOST="127.0.0.1",
         OUTREACH_SMTP_PORT=str(services.sink_port),
         OUTREACH_SMTP_SECURITY="plain",
-        OUTREACH_SENDER=workload.SENDER,
-        PYTHONPATH=str(ROOT),
     )
     if args.batch_size:
         env["OUTREACH_BATCH_SIZE"] = str(args.batch_size)
@@ -493,19 +501,7 @@ def scale_run(kind: str, n: int, out: Path) -> Result:
     from outreach.config import get_settings
     from outreach.models import utcnow as now
 
-    folder = out.resolve() / f"scale-{kind}-{n}"
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    csv_path = folder.parent / f"recipients-{n}.csv"
-    workload.write_recipients(csv_path, n)
-    url = fresh_database(kind, folder)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTREACH_")}
-    env.update(
-        OUTREACH_HOME=str(folder),
-        OUTREACH_DATABASE_URL=url,
-        OUTREACH_SENDER=workload.SENDER,
-        PYTHONPATH=str(ROOT),
-    )
+    folder, csv_path, url, env = workspace(out.resolve() / f"scale-{kind}-{n}", kind, n)
     outreach_cli(env, "db", "upgrade", cwd=folder)
     outreach_cli(env, "recipients", "import", str(csv_path), cwd=folder)
     outreach_cli(env, "campaign", "create", "bench", "--template", str(workload.TEMPLATE),

@@ -138,20 +138,24 @@ def _move(
     row = session.execute(statement, params).first()
     if row is None:
         return False
-    session.execute(
-        _EVENT,
-        {
-            "campaign_id": row.campaign_id,
-            "delivery_id": delivery_id,
-            "kind": "status",
-            "from_status": source,
-            "to_status": target,
-            "detail": detail,
-            "created_at": now,
-        },
-    )
+    session.execute(_EVENT, _event(row.campaign_id, delivery_id, source, target, detail, now))
     _expire(session, delivery_id, [*columns, "attempts"])  # attempts: a claim counts one
     return True
+
+
+def _event(
+    campaign_id: int, delivery_id: int, source: Status, target: Status, detail: str, at: datetime
+) -> dict[str, Any]:
+    """The Event row that records one transition."""
+    return {
+        "campaign_id": campaign_id,
+        "delivery_id": delivery_id,
+        "kind": "status",
+        "from_status": source,
+        "to_status": target,
+        "detail": detail,
+        "created_at": at,
+    }
 
 
 def _expire(session: Session, delivery_id: int, columns: list[str]) -> None:
@@ -186,19 +190,8 @@ def transition_many(
         moved.extend((r.id, r.campaign_id) for r in result)
     if moved:
         session.execute(
-            insert(Event),
-            [
-                {
-                    "campaign_id": campaign_id,
-                    "delivery_id": delivery_id,
-                    "kind": "status",
-                    "from_status": source,
-                    "to_status": target,
-                    "detail": detail,
-                    "created_at": now,
-                }
-                for delivery_id, campaign_id in moved
-            ],
+            _EVENT,
+            [_event(campaign_id, id_, source, target, detail, now) for id_, campaign_id in moved],
         )
     return [delivery_id for delivery_id, _ in moved]
 
