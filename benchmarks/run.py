@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import signal
@@ -329,6 +330,7 @@ def in_process(url: str) -> dict[str, float]:
     to the last outcome, and seconds to create the deliveries of a probe campaign over the same
     recipients (flushed, then rolled back)."""
     from sqlalchemy import func, select
+    from sqlalchemy.exc import DBAPIError
 
     from outreach import campaigns, db, reports
     from outreach.config import get_settings
@@ -349,8 +351,12 @@ def in_process(url: str) -> dict[str, float]:
         figures["counts_ms"] = statistics.median(timings[1:])
         figures["counts_first_ms"] = timings[0]
         started = time.perf_counter()
-        reports.to_csv(reports.build_report(session, campaign))
-        figures["report_s"] = time.perf_counter() - started
+        try:
+            reports.to_csv(reports.build_report(session, campaign))
+            figures["report_s"] = time.perf_counter() - started
+        except DBAPIError as exc:  # shown as "failed" in the table
+            print(f"  report failed: {str(exc.orig).splitlines()[0]}", flush=True)
+            figures["report_s"] = math.nan
         session.rollback()
         q = select(func.min(Event.created_at)).where(
             Event.campaign_id == campaign.id, Event.to_status == "queued"
@@ -563,6 +569,10 @@ def fresh_database_drop(url: str) -> None:
 # --- the table --------------------------------------------------------------------------------
 
 
+def _seconds(value: float) -> str:
+    return "failed" if math.isnan(value) else f"{value:.2f}"
+
+
 def table(ceil: Result, peers: dict[int, Result], runs: list[Result]) -> str:
     head = ("run / process", "msg/s", "x ceiling", "x mailmerge", "CPU ms/msg", "worker RSS MB",
             "create s", "counts ms", "report s", "send cmd s")  # fmt: skip
@@ -578,7 +588,7 @@ def table(ceil: Result, peers: dict[int, Result], runs: list[Result]) -> str:
             f"{result.cpu_ms:.2f}" if sent else "", f"{extra['rss']:.0f}" if "rss" in extra else "",
             f"{extra['create_s']:.2f}" if "create_s" in extra else "",
             f"{extra['counts_ms']:.1f}" if "counts_ms" in extra else "",
-            f"{extra['report_s']:.2f}" if "report_s" in extra else "",
+            _seconds(extra["report_s"]) if "report_s" in extra else "",
             f"{extra['send_cmd_s']:.1f}" if "send_cmd_s" in extra else "",
         ))  # fmt: skip
         for name, seconds in result.cpu.items():
