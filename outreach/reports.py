@@ -101,8 +101,9 @@ def build_report(session: Session, campaign: Campaign) -> Report:
     ).all()
     responses: dict[int, list[Response]] = {}
     for response in session.scalars(
-        select(Response)
-        .where(Response.delivery_id.in_([d.id for d in deliveries]))
+        select(Response)  # joined, not an IN list: 100k ids pass PostgreSQL's 65,535 parameters
+        .join(Delivery, Delivery.id == Response.delivery_id)
+        .where(Delivery.campaign_id == campaign.id)
         .order_by(Response.received_at, Response.id)
     ):
         responses.setdefault(response.delivery_id, []).append(response)
