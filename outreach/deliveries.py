@@ -19,7 +19,7 @@ another outcome) before the next DATA on the same connection.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -139,7 +139,7 @@ def _move(
     if row is None:
         return False
     session.execute(_EVENT, _event(row.campaign_id, delivery_id, source, target, detail, now))
-    _expire(session, delivery_id, [*columns, "attempts"])  # attempts: a claim counts one
+    expire_loaded(session, delivery_id, [*columns, "attempts"])  # attempts: a claim counts one
     return True
 
 
@@ -158,13 +158,14 @@ def _event(
     }
 
 
-def _expire(session: Session, delivery_id: int, columns: list[str]) -> None:
-    """The columns just written, expired on the session's copy of the delivery if it holds one:
-    the update goes through Core (the ORM's bulk update, which evaluates and writes them back
-    into the session, cost more than the message's SQL), so a later read loads them again."""
+def expire_loaded(session: Session, delivery_id: int, attributes: list[str]) -> None:
+    """The attributes just written, expired on the session's copy of the delivery if it holds
+    one: the writes go through Core (the ORM's unit of work or bulk update, which write the
+    values back into the session, cost more than the message's SQL), so a later read loads
+    them again."""
     loaded = session.identity_map.get(session.identity_key(Delivery, delivery_id))
     if loaded is not None:
-        session.expire(loaded, columns)
+        session.expire(loaded, attributes)
 
 
 def transition_many(
@@ -196,16 +197,23 @@ def transition_many(
     return [delivery_id for delivery_id, _ in moved]
 
 
-def claim(session: Session, delivery_id: int, *, address: str | None = None) -> bool:
+def claim(
+    session: Session,
+    delivery_id: int,
+    *,
+    address: str | None = None,
+    kept: Mapping[str, Any] | None = None,
+) -> bool:
     """Take a queued delivery for sending, the attempt counted before the DATA goes out. Given
     the `address` it goes to (the send loop), only while its campaign runs and the address is
     not on the suppression list, checked in the same statement: no query of its own for that
-    per message (`sending._refusal` tells why, when a claim misses)."""
+    per message (`sending._refusal` tells why, when a claim misses). `kept`: the message's
+    columns (`messages.kept_columns`), written by the same UPDATE."""
     if address is None:
         statement, where = _CLAIM, {}
     else:
         statement, where = _CLAIM_TO_SEND, {"suppression_key": suppression.key(address)}
-    values = {"next_attempt_at": None}
+    values = {"next_attempt_at": None, **(kept or {})}
     return _move(
         session, statement, delivery_id, Status.QUEUED, Status.SENDING, "", values, **where
     )

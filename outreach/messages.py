@@ -15,12 +15,12 @@ from itertools import repeat
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from outreach import campaigns, followups
+from outreach import campaigns, deliveries, followups
 from outreach.compose import Attachment, MessageSpec, attachment_from_path, compose, format_address
 from outreach.config import Settings
 from outreach.errors import OutreachError, TemplateError
@@ -168,28 +168,46 @@ def draft(
     )
 
 
-def keep(session: Session, delivery: Delivery, spec: MessageSpec) -> None:
-    """Store what is about to be sent on the delivery; attachment bytes once by sha256."""
-    delivery.headers = [
-        ["Message-ID", spec.message_id],
-        ["Date", spec.date.isoformat()],
-        ["From", spec.sender],
-        ["To", spec.to],
-        ["Cc", list(spec.cc)],
-        ["Reply-To", spec.reply_to],
-        ["Extra", [list(pair) for pair in spec.extra_headers]],
-    ]
-    delivery.subject, delivery.body_text, delivery.body_html = spec.subject, spec.text, spec.html
-    stored = set(_stored_blobs(session, spec.attachments))  # + this transaction's, locally
-    for position, attachment in enumerate(spec.attachments):
+def kept_columns(spec: MessageSpec) -> dict[str, Any]:
+    """The delivery's columns that keep what is about to be sent, so that it can be rebuilt
+    byte for byte: written by the claim's own UPDATE (`deliveries.claim(..., kept=)`), not by
+    a statement of their own."""
+    return {
+        "headers": [
+            ["Message-ID", spec.message_id],
+            ["Date", spec.date.isoformat()],
+            ["From", spec.sender],
+            ["To", spec.to],
+            ["Cc", list(spec.cc)],
+            ["Reply-To", spec.reply_to],
+            ["Extra", [list(pair) for pair in spec.extra_headers]],
+        ],
+        "subject": spec.subject,
+        "body_text": spec.text,
+        "body_html": spec.html,
+    }
+
+
+_ATTACHMENT_ROWS = insert(DeliveryAttachment.__table__)
+
+
+def keep_attachments(
+    session: Session, delivery_id: int, attachments: tuple[Attachment, ...]
+) -> None:
+    """The message's attachments on its delivery, in one INSERT; their bytes once by sha256."""
+    stored = set(_stored_blobs(session, attachments))  # + this transaction's, locally
+    for attachment in attachments:
         if attachment.sha256 not in stored:
             store_blob(session, attachment)
             stored.add(attachment.sha256)
-        delivery.attachments.append(
-            DeliveryAttachment(
-                position=position, sha256=attachment.sha256, filename=attachment.filename
-            )
-        )
+    if attachments:
+        rows = [
+            {"delivery_id": delivery_id, "position": position, "sha256": a.sha256,
+             "filename": a.filename}
+            for position, a in enumerate(attachments)
+        ]  # fmt: skip
+        session.execute(_ATTACHMENT_ROWS, rows)
+    deliveries.expire_loaded(session, delivery_id, ["attachments"])
 
 
 _KNOWN_BLOBS: dict[str, set[str]] = {}  # per database, read from committed rows; never deleted

@@ -34,7 +34,15 @@ from outreach.errors import (
     TransientSmtpError,
     UncertainSmtpError,
 )
-from outreach.messages import Kit, ahead_letter, draft, keep, kept_spec, load_kit
+from outreach.messages import (
+    Kit,
+    ahead_letter,
+    draft,
+    keep_attachments,
+    kept_columns,
+    kept_spec,
+    load_kit,
+)
 from outreach.models import Campaign, CampaignState, Channel, Delivery, Event, Status, utcnow
 from outreach.smtp import Transport
 from outreach.throttle import Limits, Throttle, acquire
@@ -198,10 +206,11 @@ def _send_one(session: Session, delivery: Delivery, sender: Sender) -> str:
     # This attempt's number, read before the claim: the claim also increments
     # `delivery.attempts`, so reading it afterwards would count one too many.
     attempt = delivery.attempts + 1
-    if not deliveries.claim(session, delivery_id, address=delivery.address):
+    kept = kept_columns(spec) if fresh else None
+    if not deliveries.claim(session, delivery_id, address=delivery.address, kept=kept):
         return _refuse(session, delivery) or "skipped"  # nothing of ours to undo
     if fresh:
-        keep(session, delivery, spec)
+        keep_attachments(session, delivery_id, spec.attachments)
     session.commit()  # the uncertain window opens: `sending` is on disk before the DATA
     return _deliver(session, delivery, attempt, rcpts, data, sender)
 

@@ -55,12 +55,9 @@ def send_in_database(session: Session, settings: Settings, name: str = "open-let
     for delivery_id in ids:
         delivery = session.get(Delivery, delivery_id)
         assert delivery is not None
-        messages.keep(
-            session,
-            delivery,
-            messages.draft(kit, delivery.recipient, delivery.message_id, utcnow()),
-        )
-        assert deliveries.claim(session, delivery_id)
+        spec = messages.draft(kit, delivery.recipient, delivery.message_id, utcnow())
+        assert deliveries.claim(session, delivery_id, kept=messages.kept_columns(spec))
+        messages.keep_attachments(session, delivery_id, spec.attachments)
         assert deliveries.mark_sent(session, delivery_id, "250 accepted")
     session.flush()
     return campaign
