@@ -17,19 +17,28 @@ from __future__ import annotations
 import hashlib
 import io
 import mimetypes
+import re
 import uuid
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from email import quoprimime
 from email.generator import BytesGenerator
-from email.headerregistry import Address, BaseHeader, HeaderRegistry
-from email.message import EmailMessage, Message, MIMEPart
+from email.headerregistry import (
+    Address,
+    AddressHeader,
+    BaseHeader,
+    DateHeader,
+    HeaderRegistry,
+    MessageIDHeader,
+    UnstructuredHeader,
+)
+from email.message import MIMEPart
 from email.policy import SMTP as _SMTP
-from email.utils import format_datetime
+from email.utils import format_datetime, parsedate_to_datetime
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Any
 
 from outreach.errors import AttachmentError, HeaderError
 
@@ -74,55 +83,20 @@ class Attachment:
         return hashlib.sha256(self.data).hexdigest()
 
     @cached_property
-    def part(self) -> MIMEPart:
-        """The encoded MIME part, built and serialised once, shared by every message that
-        carries it: its base64 is written out as the bytes kept on it (see `_Generator`)."""
+    def wire(self) -> bytes:
+        """The encoded MIME part as the email package writes it, made once and shared by every
+        message that carries it (encoding the 100 KB again per message was most of compose)."""
         check_header("attachment filename", self.filename)
         maintype, _, subtype = self.content_type.partition("/")
         if not maintype or not subtype or any(c in self.content_type for c in " \t\r\n;"):
             raise AttachmentError(f"{self.filename}: bad content type {self.content_type!r}")
-        part = _SerialisedPart(policy=SMTP)
+        part = MIMEPart(policy=SMTP)
         part.set_content(
             self.data, maintype, subtype, disposition="attachment", filename=self.filename
         )
         buffer = io.BytesIO()
-        BytesGenerator(buffer, mangle_from_=False, policy=SMTP).flatten(part, linesep="\r\n")
-        part.wire = buffer.getvalue()
-        return part
-
-
-class _SerialisedPart(MIMEPart):
-    """A part that will not change, with its bytes as BytesGenerator writes them under SMTP."""
-
-    wire: bytes = b""
-
-
-def _policy_key(policy: Any) -> tuple[Any, ...]:
-    return (policy.linesep, policy.max_line_length, policy.cte_type, policy.utf8)
-
-
-_SMTP_KEY = _policy_key(SMTP)
-
-
-class _Generator(BytesGenerator):
-    """BytesGenerator that writes a `_SerialisedPart` from its kept bytes instead of encoding
-    its 100 KB again: the same bytes, since they were made by the same generator and policy."""
-
-    def flatten(self, msg: Message, unixfrom: bool = False, linesep: str | None = None) -> None:
-        if isinstance(msg, _SerialisedPart) and msg.wire and not unixfrom:
-            policy = self.policy if self.policy is not None else msg.policy
-            if linesep is not None:
-                policy = policy.clone(linesep=linesep)
-            if not self.maxheaderlen and _policy_key(policy) == _SMTP_KEY:
-                self.write(msg.wire)  # BytesGenerator.write takes bytes as they are
-                return
-        super().flatten(msg, unixfrom=unixfrom, linesep=linesep)
-
-    def write(self, s: Any) -> None:
-        if isinstance(s, bytes):
-            self._fp.write(s)
-        else:
-            super().write(s)
+        BytesGenerator(buffer, mangle_from_=False, policy=SMTP).flatten(part)
+        return buffer.getvalue()
 
 
 def attachment_from_path(path: Path) -> Attachment:
@@ -232,34 +206,102 @@ def _headers(spec: MessageSpec) -> list[tuple[str, str]]:
         ("Message-ID", spec.message_id),
         *spec.extra_headers,
     ]
-    return [(name, value) for name, value in headers if value]
+    written = [(name, value) for name, value in headers if value]
+    _refuse_repeats(written)
+    return written
 
 
-def _text_part(text: str, subtype: str) -> MIMEPart:
-    """What `set_content(text, subtype=subtype, cte="quoted-printable")` makes, the same bytes
-    without parsing the same three header values again for every part."""
-    part = MIMEPart(policy=SMTP)
-    for name, value in _text_headers(subtype):
-        part.set_raw(name, value)  # parsed header objects, immutable, shared
+def _refuse_repeats(headers: list[tuple[str, str]]) -> None:
+    """A header the standard allows once (an extra Sender or Orig-Date) given more often: the
+    email package refused to build such a message (with a ValueError), so compose does too."""
+    for name, count in Counter(name.lower() for name, _ in headers).items():
+        most = SMTP.header_max_count(name)
+        if most is not None and count > most:
+            raise HeaderError(f"{name}: at most {most} in a message, given {count}")
+
+
+# Composition writes the bytes itself, in the order and form of the email package's
+# BytesGenerator under the SMTP policy: a part is its headers, an empty line and its body; a
+# multipart body is each part after "--boundary", then "--boundary--". Header lines come from
+# `_line`, text from `quoprimime.body_encode` as `set_content` calls it, attachments from the
+# email package itself (`Attachment.wire`). The pinned corpus in tests/test_compose.py holds
+# these bytes to what the email package made before.
+
+CRLF = b"\r\n"
+
+
+def _line(name: str, value: str) -> bytes:
+    """One header as the generator writes it (`policy.fold_binary`), without the email package
+    where the value is written as it is (`_verbatim`): folding is most of its cost."""
+    if _verbatim(name, value):
+        return f"{name}: {value}\r\n".encode("ascii")
+    return _folded(name, value)
+
+
+@lru_cache(maxsize=64)
+def _folded(name: str, value: str) -> bytes:
+    """The email package's folding of a header: the same From, Cc and content headers recur in
+    every message; other values that fold (non-ASCII names and subjects) are each folded once."""
+    return SMTP.fold_binary(name, _header(name, value))
+
+
+_MESSAGE_ID = re.compile(r"<[0-9A-Za-z]+(?:[.-][0-9A-Za-z]+)*@[0-9A-Za-z]+(?:[.-][0-9A-Za-z]+)*>")
+
+
+def _verbatim(name: str, value: str) -> bool:
+    """Whether the email package writes this header as "Name: value" on one line. It folds a
+    parsed value's text, and writes it whole when it is ASCII and fits in the line; the
+    text is the value itself for unstructured headers, an address that parses without defects
+    and a plain Message-ID, but not where the parser decodes encoded words ("=?") or drops
+    what follows a Message-ID, and for Date it is the value formatted again."""
+    if not value.isascii() or "=?" in value or len(name) + 2 + len(value) > SMTP.max_line_length:
+        return False
+    kind = SMTP.header_factory[name]
+    if issubclass(kind, UnstructuredHeader):
+        return True
+    if issubclass(kind, AddressHeader):
+        return not _header(name, value).defects
+    if issubclass(kind, MessageIDHeader):
+        return _MESSAGE_ID.fullmatch(value) is not None
+    if issubclass(kind, DateHeader):
+        try:
+            return format_datetime(parsedate_to_datetime(value)) == value
+        except ValueError:
+            return False
+    return False
+
+
+def _text_part(text: str, subtype: str) -> bytes:
+    """What `set_content(text, subtype=subtype, cte="quoted-printable")` makes, written."""
     lines = text.encode("utf-8").splitlines()  # as email.contentmanager does for this cte
     body = (b"\n".join(lines) + b"\n").decode("latin-1")
-    part.set_payload(quoprimime.body_encode(body, SMTP.max_line_length))
-    return part
+    encoded = quoprimime.body_encode(body, SMTP.max_line_length)  # "\n" line ends, no "\r"
+    return _text_headers(subtype) + CRLF + encoded.replace("\n", "\r\n").encode("ascii")
 
 
 @lru_cache(maxsize=8)
-def _text_headers(subtype: str) -> tuple[tuple[str, Any], ...]:
+def _text_headers(subtype: str) -> bytes:
     """The headers `set_content` gives a quoted-printable UTF-8 text part of this subtype."""
     part = MIMEPart(policy=SMTP)
     part.set_content("", subtype=subtype, cte="quoted-printable")
-    return tuple(part.raw_items())
+    return b"".join(SMTP.fold_binary(name, value) for name, value in part.raw_items())
 
 
-def _multipart(subtype: str, parts: list[MIMEPart], boundary: str) -> MIMEPart:
+def _multipart(subtype: str, parts: list[bytes], boundary: str) -> bytes:
+    """A multipart's Content-Type, then each part after its delimiter, then the close."""
+    delimiter = b"--" + boundary.encode("ascii")
+    body = CRLF.join([delimiter, (CRLF + delimiter + CRLF).join(parts), delimiter + b"--"])
+    header = _multipart_header(subtype).replace(_BOUNDARY_SHAPE.encode("ascii"), delimiter[2:])
+    return header + CRLF + body + CRLF
+
+
+@lru_cache(maxsize=4)
+def _multipart_header(subtype: str) -> bytes:
+    """The Content-Type header of a multipart, folded once for a boundary of the shape every
+    boundary has (`_boundary`): the folding depends on its length and kind of characters only."""
     container = MIMEPart(policy=SMTP)
-    container.add_header("Content-Type", f"multipart/{subtype}", boundary=boundary)
-    container.set_payload(parts)
-    return container
+    container.add_header("Content-Type", f"multipart/{subtype}", boundary=_BOUNDARY_SHAPE)
+    return b"".join(SMTP.fold_binary(name, value) for name, value in container.raw_items())
 
 
 def _boundary(message_id: str, index: int) -> str:
@@ -268,27 +310,24 @@ def _boundary(message_id: str, index: int) -> str:
     return f"=_outreach_{digest}"
 
 
-def build_message(spec: MessageSpec) -> EmailMessage:
-    """The message as an EmailMessage (HeaderError, AttachmentError)."""
-    message = EmailMessage(policy=SMTP)
-    for name, value in _headers(spec):
-        message[name] = _header(name, value)  # parsed once: the policy stores it as it is
-    message["MIME-Version"] = "1.0"
+_BOUNDARY_SHAPE = _boundary("", 0)
+
+
+def _body(spec: MessageSpec) -> bytes:
+    """The body with its content headers: the text, its HTML alternative, the attachments."""
     body = _text_part(spec.text, "plain")
     if spec.html is not None:
         alternatives = [body, _text_part(spec.html, "html")]
         body = _multipart("alternative", alternatives, _boundary(spec.message_id, 1))
     if spec.attachments:
-        parts = [body, *(a.part for a in spec.attachments)]
+        parts = [body, *(a.wire for a in spec.attachments)]
         body = _multipart("mixed", parts, _boundary(spec.message_id, 0))
-    for name, value in body.items():  # the body's content headers go on the message itself
-        message[name] = value
-    message.set_payload(body.get_payload())
-    return message
+    return body
 
 
 def compose(spec: MessageSpec) -> bytes:
-    """The message's bytes, CRLF line ends, ready for SMTP DATA; the same for the same spec."""
-    buffer = io.BytesIO()
-    _Generator(buffer, mangle_from_=False, policy=SMTP).flatten(build_message(spec))
-    return buffer.getvalue()
+    """The message's bytes, CRLF line ends, ready for SMTP DATA; the same for the same spec
+    (HeaderError, AttachmentError)."""
+    headers = [*_headers(spec), ("MIME-Version", "1.0")]
+    body = _body(spec)  # before the header lines: a bad attachment is refused before a header
+    return b"".join([*(_line(name, value) for name, value in headers), body])
