@@ -309,9 +309,7 @@ def test_500_recipients_across_two_workers(
         database_url, smtp_server.port, 500,
         OUTREACH_BATCH_SIZE="25", OUTREACH_QUEUED_TIMEOUT="60",
     )  # fmt: skip
-    w1, w2 = scene.group.worker("w1", wait=False), scene.group.worker("w2", wait=False)
-    scene.group.beat()
-    w1.wait_ready(" ready."), w2.wait_ready(" ready.")
+    w1, w2 = scene.group.start(workers=2)
 
     scene.cli("campaign", "send", NAME, "--yes", "--no-wait")
     rows = scene.wait_settled(timeout=180)
@@ -334,9 +332,7 @@ def test_workers_render_letters_ahead_and_send_while_the_rest_are_rendered(
         database_url, smtp_server.port, 12, template=write_layout(tmp_path / "lettered"),
         OUTREACH_LETTERS_AHEAD="2",
     )  # fmt: skip
-    w1, w2 = scene.group.worker("w1", wait=False), scene.group.worker("w2", wait=False)
-    scene.group.beat()
-    w1.wait_ready(" ready."), w2.wait_ready(" ready.")
+    w1, w2 = scene.group.start(workers=2)
     with db.session_scope(scene.url) as session:  # no `campaign send`: no check rendered them
         campaign = campaigns.get_campaign(session, NAME)
         campaigns.schedule(session, campaign, load_settings(), at=utcnow())
@@ -418,9 +414,7 @@ def test_worker_killed_in_the_uncertain_window(
         return "421 4.3.0 not kept: the client was killed before the reply"
 
     smtp_server.on_data(target, kill_the_sender, times=1)
-    w1 = scene.group.worker("w1", wait=False)
-    scene.group.beat()
-    w1.wait_ready(" ready.")
+    (w1,) = scene.group.start()
     scene.cli("campaign", "send", NAME, "--yes", "--no-wait")
 
     assert done.wait(30), "the worker never sent the target's DATA"
@@ -464,9 +458,7 @@ def test_redis_stopped_and_started_in_the_middle(
     smtp_server: RecordingServer,
 ) -> None:
     scene = scene_factory(sqlite_url, smtp_server.port, 40, OUTREACH_RATE_PER_SECOND="8")
-    w1, w2 = scene.group.worker("w1", wait=False), scene.group.worker("w2", wait=False)
-    scene.group.beat()
-    w1.wait_ready(" ready."), w2.wait_ready(" ready.")
+    w1, w2 = scene.group.start(workers=2)
     scene.cli("campaign", "send", NAME, "--yes", "--no-wait")
     wait_for("a few sent", lambda: sent_count(smtp_server) >= 8, timeout=30)
 
@@ -501,9 +493,7 @@ def test_451_for_a_while_then_sent(
     greylisted = scene.addresses[1:3]
     for address in greylisted:
         smtp_server.fail_data(address, 451, "4.7.1 greylisted, try again later", times=2)
-    scene.group.worker("w1", wait=False)
-    scene.group.beat()
-    scene.group.workers()[0].wait_ready(" ready.")
+    scene.group.start()
     scene.cli("campaign", "send", NAME, "--yes", "--no-wait")
 
     rows = scene.wait_settled(timeout=60)
@@ -522,9 +512,7 @@ def test_550_to_one_recipient_fails_it_alone(
     scene = scene_factory(sqlite_url, smtp_server.port, 5)
     refused = scene.addresses[3]
     smtp_server.fail_rcpt(refused, 550, "5.1.1 no such user here")
-    scene.group.worker("w1", wait=False)
-    scene.group.beat()
-    scene.group.workers()[0].wait_ready(" ready.")
+    scene.group.start()
     scene.cli("campaign", "send", NAME, "--yes", "--no-wait")
 
     rows = scene.wait_settled(timeout=30)
@@ -543,9 +531,7 @@ def test_smtp_server_down_for_a_while_then_back(
     try:
         port = first.port
         scene = scene_factory(sqlite_url, port, 20, OUTREACH_RATE_PER_SECOND="5")
-        scene.group.worker("w1", wait=False)
-        scene.group.beat()
-        scene.group.workers()[0].wait_ready(" ready.")
+        scene.group.start()
         scene.cli("campaign", "send", NAME, "--yes", "--no-wait")
         wait_for("a few sent", lambda: sent_count(first) >= 4, timeout=30)
     finally:
@@ -567,9 +553,7 @@ def test_server_that_never_greets_times_out_and_pauses(
     with BadServer(greeting=None) as silent:
         port = silent.port
         scene = scene_factory(sqlite_url, port, 3, OUTREACH_BREAKER_COOLOFF="6")
-        scene.group.worker("w1", wait=False)
-        scene.group.beat()
-        scene.group.workers()[0].wait_ready(" ready.")
+        scene.group.start()
         scene.cli("campaign", "send", NAME, "--yes", "--no-wait")
 
         campaign = wait_for(
@@ -596,11 +580,7 @@ def test_421_to_every_connection_pauses_without_a_storm(
 ) -> None:
     with BadServer(greeting="421 4.3.2 Service not available, try later") as refusing:
         scene = scene_factory(sqlite_url, refusing.port, 10, OUTREACH_BATCH_SIZE="5")
-        scene.group.worker("w1", wait=False)
-        scene.group.worker("w2", wait=False)
-        scene.group.beat()
-        for w in scene.group.workers():
-            w.wait_ready(" ready.")
+        scene.group.start(workers=2)
         scene.cli("campaign", "send", NAME, "--yes", "--no-wait")
 
         campaign = wait_for(
@@ -628,11 +608,7 @@ def test_pause_resume_and_cancel_in_the_middle(
 ) -> None:
     # 48 at 4 a second: 12 s of sending, time for the CLI to pause on a busy machine.
     scene = scene_factory(database_url, smtp_server.port, 48, OUTREACH_RATE_PER_SECOND="4")
-    scene.group.worker("w1", wait=False)
-    scene.group.worker("w2", wait=False)
-    scene.group.beat()
-    for w in scene.group.workers():
-        w.wait_ready(" ready.")
+    scene.group.start(workers=2)
     scene.cli("campaign", "send", NAME, "--yes", "--no-wait")
     wait_for("a few sent", lambda: sent_count(smtp_server) >= 4, timeout=30)
 
@@ -664,9 +640,7 @@ def test_scheduled_campaign_starts_on_time_and_not_before(
     scene_factory: Callable[..., Scene], database_url: str, smtp_server: RecordingServer
 ) -> None:
     scene = scene_factory(database_url, smtp_server.port, 3)
-    scene.group.worker("w1", wait=False)
-    scene.group.beat()
-    scene.group.workers()[0].wait_ready(" ready.")
+    scene.group.start()
     brussels = ZoneInfo("Europe/Brussels")
     at = (datetime.now(brussels) + timedelta(seconds=12)).replace(microsecond=0)  # CLI's time
     scene.cli(
@@ -692,9 +666,7 @@ def test_rate_holds_across_two_workers(
         sqlite_url, smtp_server.port, 30,
         OUTREACH_RATE_PER_SECOND=str(rate), OUTREACH_BATCH_SIZE="5", OUTREACH_QUEUED_TIMEOUT="3",
     )  # fmt: skip
-    w1, w2 = scene.group.worker("w1", wait=False), scene.group.worker("w2", wait=False)
-    scene.group.beat()
-    w1.wait_ready(" ready."), w2.wait_ready(" ready.")
+    w1, w2 = scene.group.start(workers=2)
     scene.cli("campaign", "send", NAME, "--yes", "--no-wait")
 
     rows = scene.wait_settled(timeout=40)
@@ -719,10 +691,8 @@ def test_suppressed_address_gets_nothing(
 ) -> None:
     scene = scene_factory(database_url, smtp_server.port, 4)
     unwanted = scene.addresses[1]
-    scene.group.worker("w1", wait=False)
-    scene.group.beat()
     scene.cli("suppress", "add", unwanted.upper(), "--reason", "asked not to be written to")
-    scene.group.workers()[0].wait_ready(" ready.")
+    scene.group.start()
     scene.cli("campaign", "send", NAME, "--yes", "--no-wait")
 
     rows = scene.wait_settled(timeout=30)

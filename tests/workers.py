@@ -134,6 +134,14 @@ class Cluster:
         proc.wait_ready("beat: Starting")
         return proc
 
+    def start(self, workers: int = 1) -> list[Proc]:
+        """`workers` workers (w1, w2, ...) and beat, all ready: they start side by side."""
+        started = [self.worker(f"w{n}", wait=False) for n in range(1, workers + 1)]
+        self.beat()
+        for proc in started:
+            proc.wait_ready(" ready.")
+        return started
+
     def workers(self) -> list[Proc]:
         return [p for p in self.procs if p.name != "beat"]
 
