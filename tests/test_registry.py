@@ -517,6 +517,22 @@ def test_select_resolves_each_selector_kind(five: str) -> None:
         assert registry.select(session, []) == []
 
 
+def test_select_rows_names_whom_select_names_with_only_the_columns_asked(five: str) -> None:
+    selectors = [
+        ["tag:principal", "org:council of europe", "email:BUERO.FISCHER@bundestag.de"],
+        ["tag:CC", "tag:principal"],
+        ["org:Deutscher  Bundestag", "id:1", "tag:coe"],
+    ]
+    with session_scope(five) as session:
+        for chosen in selectors:
+            people = registry.select(session, chosen)
+            rows = registry.select_rows(session, chosen, Recipient.email, Recipient.fax)
+            assert [tuple(row) for row in rows] == [(r.id, r.email, r.fax) for r in people]
+        assert [tuple(row) for row in registry.select_rows(session, ["tag:cc"])] == [(2,), (4,)]
+        with pytest.raises(NotFound, match="'tag:principle'"):
+            registry.select_rows(session, ["tag:principle"])
+
+
 def test_select_refuses_a_selector_that_matches_nobody(five: str) -> None:
     with session_scope(five) as session:
         with pytest.raises(NotFound) as raised:
