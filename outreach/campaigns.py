@@ -8,9 +8,11 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from email.utils import parseaddr
 from pathlib import Path
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import Table, bindparam, func, insert, literal, select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from outreach import deliveries, registry
@@ -42,6 +44,14 @@ class Member:
     channel: Channel
 
 
+class _Reach(NamedTuple):
+    """What a delivery needs of its recipient: who, and where to reach them."""
+
+    id: int
+    email: str | None
+    fax: str
+
+
 def create_campaign(
     session: Session,
     *,
@@ -68,8 +78,8 @@ def create_campaign(
         raise InputError(f"From: {sender!r} has no email address")
     for address in [*cc_addresses, *bcc]:
         check_header("Cc/Bcc", address)
-    registry.select(session, list(to))
-    registry.select(session, list(cc))
+    registry.select_rows(session, list(to))  # each selector must match someone
+    registry.select_rows(session, list(cc))
     campaign = Campaign(
         name=name,
         template_dir=str(template_dir.resolve()),
@@ -100,16 +110,26 @@ def get_campaign(session: Session, name: str) -> Campaign:
 
 def members(session: Session, campaign: Campaign) -> list[Member]:
     """Who the campaign addresses, principals first; someone selected as both is a principal."""
-    principals = registry.select(session, campaign.select_to)
-    copies = registry.select(session, campaign.select_cc) if campaign.select_cc else []
+    return [
+        Member(row[1], role, registry.preferred_channel(row[1]))
+        for row, role in _roles(session, campaign, Recipient)
+    ]
+
+
+def _roles(
+    session: Session, campaign: Campaign, *columns: Any
+) -> list[tuple[tuple[Any, ...], Role]]:
+    """Each member's (id, *columns) and role, principals first; someone selected as both is a
+    principal. `members` and `create_deliveries` (columns only) both go through this rule."""
+    principals = registry.select_rows(session, campaign.select_to, *columns)
+    copies = registry.select_rows(session, campaign.select_cc or [], *columns)
     seen: set[int] = set()
-    result: list[Member] = []
-    for role, people in ((Role.TO, principals), (Role.CC, copies)):
-        for recipient in people:
-            if recipient.id not in seen:
-                seen.add(recipient.id)
-                channel = Channel(registry.preferred_channel(recipient))
-                result.append(Member(recipient, role, channel))
+    result: list[tuple[tuple[Any, ...], Role]] = []
+    for role, rows in ((Role.TO, principals), (Role.CC, copies)):
+        for row in rows:
+            if row[0] not in seen:
+                seen.add(row[0])
+                result.append((row, role))
     return result
 
 
@@ -120,7 +140,9 @@ def message_domain(campaign: Campaign, settings: Settings) -> str:
 
 def create_deliveries(session: Session, campaign: Campaign, settings: Settings) -> int:
     """One delivery per member and channel, created once: running this again adds only members
-    who were not there before (the unique key makes a second row impossible)."""
+    who were not there before (the unique key makes a second row impossible). Members are read
+    as the columns needed, not as ORM recipients, and inserted through Core (`_insert`): at
+    100k, loading ORM recipients and the ORM bulk insert were 88 % of the time."""
     existing = {
         (recipient_id, channel)
         for recipient_id, channel in session.execute(
@@ -131,24 +153,51 @@ def create_deliveries(session: Session, campaign: Campaign, settings: Settings) 
     }
     domain = message_domain(campaign, settings)
     now = utcnow()
-    rows = [
-        {
-            "campaign_id": campaign.id,
-            "recipient_id": m.recipient.id,
-            "role": m.role,
-            "channel": channel,
-            "status": Status.PENDING,
-            "message_id": make_message_id(domain),
-            "address": _address_for(m.recipient, channel, settings),
-            "created_at": now,
-            "updated_at": now,
-        }
-        for m in members(session, campaign)
-        if (m.recipient.id, (channel := delivery_channel(m, settings)).value) not in existing
-    ]
+    fixed = {
+        "campaign_id": campaign.id,
+        "status": Status.PENDING,
+        "created_at": now,
+        "updated_at": now,
+    }
+    rows = []
+    for row, role in _roles(session, campaign, Recipient.email, Recipient.fax):
+        person = _Reach(*row)
+        channel = _channel_for(registry.preferred_channel(person), settings)
+        if (person.id, channel.value) in existing:
+            continue
+        rows.append(
+            {
+                "recipient_id": person.id,
+                "role": role,
+                "channel": channel,
+                "message_id": make_message_id(domain),
+                "address": _address_for(person, channel, settings),
+            }
+        )
     if rows:
-        session.execute(insert(Delivery), rows)
+        _insert(session, Delivery.__table__, fixed, rows)
     return len(rows)
+
+
+def _insert(
+    session: Session, table: Table, fixed: dict[str, Any], rows: list[dict[str, Any]]
+) -> None:
+    """Insert `rows` (dicts with the same keys), each with the `fixed` values as well. On
+    PostgreSQL as one INSERT ... SELECT over unnest() of an array per column: psycopg runs an
+    executemany as one INSERT per row (100k deliveries: 3.2 s, this 1.9 s). SQLite's
+    executemany loops in C and stays."""
+    if session.get_bind().dialect.name != "postgresql":
+        session.execute(insert(table), [{**fixed, **row} for row in rows])
+        return
+    names = list(rows[0])
+    arrays = [
+        bindparam(f"{name}_array", [row[name] for row in rows], type_=ARRAY(table.c[name].type))
+        for name in names
+    ]
+    source = func.unnest(*arrays).table_valued(*names).render_derived()
+    constants = [literal(value, table.c[name].type).label(name) for name, value in fixed.items()]
+    query = select(*constants, *source.c)
+    session.execute(insert(table).from_select([*fixed, *names], query))
 
 
 def schedule(
@@ -281,10 +330,15 @@ def status_counts(
 
 
 def delivery_channel(member: Member, settings: Settings) -> Channel:
+    """The channel a member's delivery goes by (see `_channel_for`)."""
+    return _channel_for(member.channel, settings)
+
+
+def _channel_for(preferred: Channel, settings: Settings) -> Channel:
     """The registry's preference, except that fax needs a gateway: without one, by post."""
-    if member.channel == Channel.FAX and not settings.fax_gateway:
+    if preferred == Channel.FAX and not settings.fax_gateway:
         return Channel.POST
-    return member.channel
+    return preferred
 
 
 def sendable_channels(settings: Settings) -> tuple[Channel, ...]:
@@ -292,7 +346,7 @@ def sendable_channels(settings: Settings) -> tuple[Channel, ...]:
     return (Channel.EMAIL, Channel.FAX) if settings.fax_gateway else (Channel.EMAIL,)
 
 
-def _address_for(recipient: Recipient, channel: Channel, settings: Settings) -> str:
+def _address_for(recipient: Recipient | _Reach, channel: Channel, settings: Settings) -> str:
     """Where the delivery goes: the email address, or the fax gateway's address for the number."""
     if channel == Channel.FAX:
         return fax_address(recipient.fax, settings)
