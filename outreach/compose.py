@@ -252,9 +252,13 @@ CRLF = b"\r\n"
 
 def _line(name: str, value: str) -> bytes:
     """One header as the generator writes it (`policy.fold_binary`), without the email package
-    where the value is written as it is (`_verbatim`): folding is most of its cost."""
+    where it would write the value as it is (`_verbatim`): folding is most of its cost. The
+    folding writes such a value whole after the name where it fits in the line, else whole on
+    the next line where it fits there (it moves the space after the colon along)."""
     if _verbatim(name, value):
-        return f"{name}: {value}\r\n".encode("ascii")
+        if len(name) + 2 + len(value) <= SMTP.max_line_length:
+            return f"{name}: {value}\r\n".encode("ascii")
+        return f"{name}:\r\n {value}\r\n".encode("ascii")
     return _folded(name, value)
 
 
@@ -269,12 +273,13 @@ _MESSAGE_ID = re.compile(r"<[0-9A-Za-z]+(?:[.-][0-9A-Za-z]+)*@[0-9A-Za-z]+(?:[.-
 
 
 def _verbatim(name: str, value: str) -> bool:
-    """Whether the email package writes this header as "Name: value" on one line. It folds a
-    parsed value's text, and writes it whole when it is ASCII and fits in the line; the
-    text is the value itself for unstructured headers, an address that parses without defects
-    and a plain Message-ID, but not where the parser decodes encoded words ("=?") or drops
-    what follows a Message-ID, and for Date it is the value formatted again."""
-    if not value.isascii() or "=?" in value or len(name) + 2 + len(value) > SMTP.max_line_length:
+    """Whether the email package writes this header's value as it is, in one piece. It folds
+    a parsed value's text, and keeps it in one piece when it is ASCII and fits in a line
+    (with a space before it); the text is the value itself for unstructured headers, an
+    address that parses without defects and a plain Message-ID, but not where the parser
+    decodes encoded words ("=?") or drops what follows a Message-ID, and for Date it is the
+    value formatted again."""
+    if not value.isascii() or "=?" in value or len(value) + 1 > SMTP.max_line_length:
         return False
     kind = SMTP.header_factory[name]
     if issubclass(kind, UnstructuredHeader):

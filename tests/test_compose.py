@@ -229,7 +229,8 @@ def reference(s: MessageSpec) -> bytes:
 # fmt: off
 PLAIN_NAMES = ["Ms Anna Novak-000123", "Mr Jan O'Brien", "x", "Dr A B C D E F G H", "a" * 70]
 SUBJECTS = ["Open letter to Ms Anna Novak-000123: protect the freedom of assembly in Bruxelles",
-            "Short", "x" * 69, "x" * 70, "y" * 100, "two  spaces", " lead", "trail ", "tab\tin",
+            "Short", "x" * 69, "x" * 70, "z" * 77, "z" * 78, "y" * 100, "two  spaces", " lead",
+            "trail ", "tab\tin",
             "=?utf-8?q?not_an_encoded_word_here?=", "a =? b", "Grüße", "", "(comment) [x]"]
 # fmt: on
 
