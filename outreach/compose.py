@@ -259,7 +259,42 @@ def _line(name: str, value: str) -> bytes:
         if len(name) + 2 + len(value) <= SMTP.max_line_length:
             return f"{name}: {value}\r\n".encode("ascii")
         return f"{name}:\r\n {value}\r\n".encode("ascii")
+    if _wrappable(name, value):
+        return _wrapped(name, value)
     return _folded(name, value)
+
+
+def _wrappable(name: str, value: str) -> bool:
+    """Whether the email package folds this value by words alone: unstructured ASCII text (no
+    "=?"), words of at most 77 characters between single spaces. A longer word it would
+    encode as an encoded word to break it; tabs and runs of spaces it keeps as they are."""
+    return (
+        value.isascii()
+        and "=?" not in value
+        and "\t" not in value
+        and all(0 < len(word) < SMTP.max_line_length for word in value.split(" "))
+        and issubclass(SMTP.header_factory[name], UnstructuredHeader)
+    )
+
+
+def _wrapped(name: str, value: str) -> bytes:
+    """The email package's folding of `_wrappable` text: each space and each word goes on the
+    line while it fits in 78 columns; a space that does not fit starts the next line, and a
+    word that does not fit starts it with the space before it."""
+    lines: list[str] = []
+    line = f"{name}:"
+    for word in value.split(" "):
+        if len(line) + 1 <= SMTP.max_line_length:
+            line += " "
+        else:
+            lines.append(line)
+            line = " "
+        if len(line) + len(word) <= SMTP.max_line_length:
+            line += word
+        else:
+            lines.append(line[:-1])
+            line = " " + word
+    return "\r\n".join([*lines, line, ""]).encode("ascii")
 
 
 @lru_cache(maxsize=64)

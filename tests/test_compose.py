@@ -236,13 +236,15 @@ SUBJECTS = ["Open letter to Ms Anna Novak-000123: protect the freedom of assembl
 
 
 def random_spec(r: random.Random, i: int) -> MessageSpec:
-    """A spec whose header values are near the edges of what compose writes as it is: plain and
-    quoted names, lengths around the line's 78, encoded-word look-alikes, odd time zones."""
+    """A spec whose header values are near the edges of what compose writes itself: plain and
+    quoted names, lengths around the line's 78, words too long to wrap, encoded-word
+    look-alikes, odd time zones."""
     s = varied_spec(r, i)
     name = r.choice(NAMES + PLAIN_NAMES + [""])
     local = r.choice(["person", "a.b", "a+b", "o'hara", '"a b"', "x" * 60])
     to = r.choice([format_address(name, f"{local}@example.org"), f"{local}@münchen.de"])
-    subject = r.choice([*SUBJECTS, s.subject])
+    words = " ".join("w" * r.randint(1, 80) for _ in range(r.randint(1, 9)))  # wrapped or not
+    subject = r.choice([*SUBJECTS, s.subject, words])
     tz = timezone(timedelta(minutes=r.randint(-1439, 1439)))
     domain = r.choice(["example.org", "x" * 60 + ".org"])
     ids = [f"<{r.getrandbits(128):032x}@{domain}>" for _ in range(9)]  # make_message_id's form
