@@ -20,7 +20,8 @@ import mimetypes
 import re
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from email import quoprimime
@@ -139,7 +140,18 @@ def _header(name: str, value: str) -> BaseHeader:
     objects are immutable. Small on purpose: a parsed header weighs kilobytes, and the values
     that recur are used by every message (never the least recent); a larger cache only holds
     past messages' values (4,096 of them were ~40 MB per worker process)."""
-    return SMTP.header_factory(name, value)
+    with _unwritable(name, value):
+        return SMTP.header_factory(name, value)
+
+
+@contextmanager
+def _unwritable(name: str, value: str) -> Iterator[None]:
+    """The email package's own failures on a value it cannot parse or fold (an IndexError on
+    "<" as a Message-ID, a UnicodeEncodeError on a non-ASCII one) as a HeaderError naming it."""
+    try:
+        yield
+    except (IndexError, AttributeError, TypeError, ValueError) as exc:
+        raise HeaderError(f"{name}: {value!r} cannot be written as a header ({exc})") from exc
 
 
 def parse_address(name: str, value: str) -> Address:
@@ -301,7 +313,8 @@ def _wrapped(name: str, value: str) -> bytes:
 def _folded(name: str, value: str) -> bytes:
     """The email package's folding of a header: the same From, Cc and content headers recur in
     every message; other values that fold (non-ASCII names and subjects) are each folded once."""
-    return SMTP.fold_binary(name, _header(name, value))
+    with _unwritable(name, value):
+        return SMTP.fold_binary(name, _header(name, value))
 
 
 _MESSAGE_ID = re.compile(r"<[0-9A-Za-z]+(?:[.-][0-9A-Za-z]+)*@[0-9A-Za-z]+(?:[.-][0-9A-Za-z]+)*>")

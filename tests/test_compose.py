@@ -315,6 +315,21 @@ def test_unusable_addresses_are_refused(changes: dict[str, object]) -> None:
         compose(spec(**changes))
 
 
+@pytest.mark.parametrize(
+    ("changes", "name"),
+    [
+        ({"to": "a@"}, "To"),  # the email package's parser: IndexError
+        ({"message_id": "<"}, "Message-ID"),  # IndexError
+        ({"message_id": "<été@example.org>"}, "Message-ID"),  # folding: UnicodeEncodeError
+    ],
+)
+def test_values_the_email_package_cannot_write_are_header_errors(
+    changes: dict[str, object], name: str
+) -> None:
+    with pytest.raises(HeaderError, match=f"^{name}: .*"):
+        compose(spec(**changes))
+
+
 def test_naive_date_is_refused() -> None:
     with pytest.raises(HeaderError, match="Date: .* no timezone"):
         compose(spec(date=datetime(2017, 11, 7, 9, 30)))
