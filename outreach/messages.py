@@ -216,7 +216,7 @@ _KNOWN_BLOBS: dict[str, set[str]] = {}  # per database, read from committed rows
 def _stored_blobs(session: Session, attachments: tuple[Attachment, ...]) -> set[str]:
     """The sha256 of the blobs already stored: asked of the database once per new attachment,
     not once per message (the campaign's fixed attachments recur in every one)."""
-    known = _KNOWN_BLOBS.setdefault(str(session.get_bind().url), set())
+    known = _KNOWN_BLOBS.setdefault(str(session.get_bind().engine.url), set())
     unknown = [a.sha256 for a in attachments if a.sha256 not in known]
     if unknown:
         known.update(session.scalars(select(Blob.sha256).where(Blob.sha256.in_(unknown))))
