@@ -174,7 +174,8 @@ class Delivery(Base):
     __tablename__ = "deliveries"
     __table_args__ = (
         UniqueConstraint("campaign_id", "recipient_id", "channel"),
-        Index("ix_deliveries_campaign_status", "campaign_id", "status"),
+        # With the id: the dispatcher reads pending deliveries in id order (migration 0005).
+        Index("ix_deliveries_campaign_status", "campaign_id", "status", "id"),
         Index("ix_deliveries_status_next", "status", "next_attempt_at"),
     )
 
