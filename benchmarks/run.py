@@ -552,10 +552,11 @@ def vacuum_unless_autovacuum(url: str) -> None:
     from outreach import db
 
     with db.get_engine(url).connect() as conn:
+        conn = conn.execution_options(isolation_level="AUTOCOMMIT")  # VACUUM: no transaction
         if conn.execute(text("SHOW autovacuum")).scalar() == "on":
             return
         print("  (autovacuum is off on this server: VACUUM ANALYZE before the in-process figures)")
-        conn.execution_options(isolation_level="AUTOCOMMIT").execute(text("VACUUM ANALYZE"))
+        conn.execute(text("VACUUM ANALYZE"))
 
 
 def done(url: str) -> bool:
