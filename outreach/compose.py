@@ -357,7 +357,7 @@ def _text_headers(subtype: str) -> bytes:
     """The headers `set_content` gives a quoted-printable UTF-8 text part of this subtype."""
     part = MIMEPart(policy=SMTP)
     part.set_content("", subtype=subtype, cte="quoted-printable")
-    return b"".join(SMTP.fold_binary(name, value) for name, value in part.raw_items())
+    return _written_headers(part)
 
 
 def _multipart(subtype: str, parts: list[bytes], boundary: str) -> bytes:
@@ -374,7 +374,12 @@ def _multipart_header(subtype: str) -> bytes:
     boundary has (`_boundary`): the folding depends on its length and kind of characters only."""
     container = MIMEPart(policy=SMTP)
     container.add_header("Content-Type", f"multipart/{subtype}", boundary=_BOUNDARY_SHAPE)
-    return b"".join(SMTP.fold_binary(name, value) for name, value in container.raw_items())
+    return _written_headers(container)
+
+
+def _written_headers(part: MIMEPart) -> bytes:
+    """A part's headers as the generator writes them: each folded by the policy."""
+    return b"".join(SMTP.fold_binary(name, value) for name, value in part.raw_items())
 
 
 def _boundary(message_id: str, index: int) -> str:
