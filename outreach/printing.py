@@ -25,7 +25,7 @@ from outreach.compose import Attachment
 from outreach.config import Settings
 from outreach.errors import OutreachError, TemplateError
 from outreach.letters import recipient_view
-from outreach.models import Blob, Campaign, Channel, Delivery, DeliveryAttachment, Status
+from outreach.models import Campaign, Channel, Delivery, DeliveryAttachment, Status
 
 ENVELOPE_COLUMNS = (
     "delivery", "first_page", "pages", "name", "address", "postcode", "city", "country",
@@ -158,15 +158,7 @@ def _keep(session: Session, delivery: Delivery, letter: Attachment) -> None:
     """The printed letter on its delivery, bytes once by sha256, so it can be shown again."""
     if any(a.sha256 == letter.sha256 for a in delivery.attachments):
         return
-    if session.get(Blob, letter.sha256) is None:
-        session.add(
-            Blob(
-                sha256=letter.sha256,
-                size=len(letter.data),
-                content_type=letter.content_type,
-                data=letter.data,
-            )
-        )
+    messages.store_blob(session, letter)
     position = len(delivery.attachments)
     delivery.attachments.append(
         DeliveryAttachment(position=position, sha256=letter.sha256, filename=letter.filename)
