@@ -532,8 +532,7 @@ def scale_run(kind: str, n: int, out: Path) -> Result:
             " created_at FROM deliveries"))  # fmt: skip
         session.execute(text("UPDATE deliveries SET status = 'sent', sent_at = created_at"))
     if kind == "postgresql":
-        with db.get_engine(url).connect() as conn:
-            conn.execution_options(isolation_level="AUTOCOMMIT").execute(text("VACUUM ANALYZE"))
+        vacuum_analyze(url)  # as autovacuum would, a while after such a bulk update
     figures = in_process(url)
     _engines[url] = db.get_engine(url)
     if kind == "postgresql":
@@ -547,16 +546,22 @@ def vacuum_unless_autovacuum(url: str) -> None:
     """With autovacuum off (as on the machine of the table), the send leaves every delivery's
     three earlier row versions behind, and the counts and report read through them: VACUUM
     ANALYZE as autovacuum, on by default, would soon after the send."""
+    if vacuum_analyze(url, unless_autovacuum=True):
+        print("  (autovacuum is off on this server: VACUUM ANALYZE before the in-process figures)")
+
+
+def vacuum_analyze(url: str, *, unless_autovacuum: bool = False) -> bool:
+    """VACUUM ANALYZE the database (outside a transaction); whether it ran."""
     from sqlalchemy import text
 
     from outreach import db
 
     with db.get_engine(url).connect() as conn:
         conn = conn.execution_options(isolation_level="AUTOCOMMIT")  # VACUUM: no transaction
-        if conn.execute(text("SHOW autovacuum")).scalar() == "on":
-            return
-        print("  (autovacuum is off on this server: VACUUM ANALYZE before the in-process figures)")
+        if unless_autovacuum and conn.execute(text("SHOW autovacuum")).scalar() == "on":
+            return False
         conn.execute(text("VACUUM ANALYZE"))
+        return True
 
 
 def done(url: str) -> bool:
