@@ -188,8 +188,13 @@ def format_address(name: str, email: str) -> str:
     """One header value for a name and an address, quoting the name where it must be."""
     check_header("display name", name)
     check_header("address", email)
+    plain = _plain_address(email)  # what the parser would make of it, without its cost
     try:
-        address = Address(display_name=name, addr_spec=email)
+        address = (
+            Address(name, plain.username, plain.domain)
+            if plain is not None and not plain.display_name
+            else Address(display_name=name, addr_spec=email)
+        )
     except (ValueError, IndexError) as exc:  # the parser's errors for a bad or empty addr-spec
         raise HeaderError(f"{email!r} is not a usable email address") from exc
     if not address.domain:

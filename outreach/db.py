@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -47,6 +49,41 @@ def get_engine(url: str) -> Engine:
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
+
+
+@contextmanager
+def write_turn(session: Session) -> Iterator[None]:
+    """The session's writes in the block, committed at its end (rolled back on an error).
+
+    On SQLite, in turn with every other process that writes through a turn: the turn is an
+    exclusive flock on a file beside the database, waited for in the kernel's queue rather
+    than in SQLite's busy handler, which sleeps 1, 2, 5, 10 ms... between tries (writers that
+    take turns many times a second, as the send loop's short transactions do, lost most of
+    their time asleep while the lock was free). The turn ends after the commit: a process that
+    kept SQLite's write lock past its turn and then waited for its next turn would wait on a
+    process waiting for it. Elsewhere only the commit (PostgreSQL locks rows, and wakes its
+    waiters when a lock is released)."""
+    engine = session.get_bind().engine
+    path = engine.url.database if engine.dialect.name == "sqlite" else None
+    fd = _lock_file(os.getpid(), path) if path and path != ":memory:" else None
+    if fd is not None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        yield
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+@lru_cache(maxsize=8)
+def _lock_file(pid: int, database: str) -> int:
+    """One descriptor per process (a forked worker must not share its parent's: a flock
+    belongs to the open file, so processes sharing one would not exclude each other)."""
+    return os.open(f"{database}.write-lock", os.O_RDWR | os.O_CREAT, 0o600)
 
 
 def session_factory(url: str) -> sessionmaker[Session]:

@@ -206,7 +206,7 @@ def keep_attachments(
              "filename": a.filename}
             for position, a in enumerate(attachments)
         ]  # fmt: skip
-        session.execute(_ATTACHMENT_ROWS, rows)
+        session.connection().execute(_ATTACHMENT_ROWS, rows)  # as deliveries._move does
     deliveries.expire_loaded(session, delivery_id, ["attachments"])
 
 

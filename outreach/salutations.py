@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date
+from functools import lru_cache
 
 from babel import Locale
 from babel.dates import format_date as babel_format_date
@@ -165,7 +166,9 @@ def format_date(d: date, language: str) -> str:
     return babel_format_date(d, format="long", locale=rules_for(language).locale)
 
 
+@lru_cache(maxsize=4096)
 def country_name(code: str, language: str) -> str:
-    """The country's name in the language ("DE" -> "Deutschland"); the code if Babel has none."""
+    """The country's name in the language ("DE" -> "Deutschland"); the code if Babel has none.
+    Cached: Babel parses the locale and merges its data on every call, for each message."""
     territories = Locale.parse(rules_for(language).locale).territories
     return territories.get(code.upper(), code) if code else ""

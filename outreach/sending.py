@@ -8,6 +8,10 @@ while its campaign runs and its address is not suppressed, committed together wi
 message), send it, and commit the result before the next message's DATA. So at most one
 message per connection is ever in the uncertain window, and a worker that dies there leaves a
 `sending` row that recovery turns into `unknown` instead of sending it twice.
+
+A message's outcome is decided when the server answers but written just before the next claim,
+after the next message is prepared: the write transaction then spans a few statements, not a
+render, which matters on SQLite, where it holds the one write lock the other workers wait on.
 """
 
 from __future__ import annotations
@@ -16,15 +20,16 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from outreach import campaigns, deliveries, suppression, tracking
+from outreach import campaigns, db, deliveries, suppression, tracking
 from outreach.compose import compose, envelope_recipients
 from outreach.config import Settings
 from outreach.dispatch import account_limits
@@ -98,9 +103,10 @@ def send_batch(
     """Send the given deliveries; returns how many ended in each status. Deliveries that are no
     longer `queued` (sent by another worker, cancelled) are skipped untouched.
 
-    One session for the batch, loaded in one query. Each message's outcome is committed with
-    the next message's claim (one commit per message, both on disk before the next DATA), and
-    at once when the rate limit may make the worker wait: no write waits on a token."""
+    One session for the batch, loaded in one query. Each message's outcome is written and
+    committed with the next message's claim (one commit per message, both on disk before the
+    next DATA), and at once when the rate limit may make the worker wait: no write waits on a
+    token. Every write is in a `db.write_turn`, which ends with its commit."""
     outcome: Counter[str] = Counter()
     try:
         sender.transport.open()
@@ -111,21 +117,39 @@ def send_batch(
         return outcome
     with _one_connection(sessions) as session:
         batch = _load(session, delivery_ids)
+        last: Write = _nothing  # the last message's outcome, not yet written
+        limits_of: dict[int, Limits] = {}  # per campaign, as loaded with the batch
         for position, delivery in enumerate(batch):
             if delivery.status != Status.QUEUED:
                 outcome["skipped"] += 1
                 continue
-            limits = account_limits(sender.settings).tighter(delivery.campaign.rate)
+            limits = limits_of.get(delivery.campaign_id)
+            if limits is None:
+                limits = account_limits(sender.settings).tighter(delivery.campaign.rate)
+                limits_of[delivery.campaign_id] = limits
             if not limits.unlimited:
-                session.commit()
+                with db.write_turn(session):
+                    last()
+                last = _nothing
             if not _take_token(limits, sender):
                 rest = [d.id for d in batch[position:]]
-                _give_back(session, rest, "rate limit reached")
+                with db.write_turn(session):
+                    _give_back(session, rest, "rate limit reached")
                 outcome["waiting"] += len(rest)
                 break
-            outcome[_send_one(session, delivery, sender)] += 1
-        session.commit()  # the last message's outcome
+            status, last = _send_one(session, delivery, sender, last)
+            outcome[status] += 1
+        with db.write_turn(session):
+            last()
     return outcome
+
+
+Write = Callable[[], object]
+"""A status write held back: the last message's outcome, written before the next claim."""
+
+
+def _nothing() -> None:
+    """No write held back."""
 
 
 @contextmanager
@@ -189,9 +213,12 @@ def _give_back(session: Session, delivery_ids: Sequence[int], reason: str) -> No
     )
 
 
-def _send_one(session: Session, delivery: Delivery, sender: Sender) -> str:
-    """One message: prepare, claim (or refuse) and commit, send; the outcome is left uncommitted
-    for the next claim's commit (or the batch's last) to carry."""
+def _send_one(
+    session: Session, delivery: Delivery, sender: Sender, last: Write
+) -> tuple[str, Write]:
+    """One message: prepare, write the `last` outcome, claim (or refuse) and commit, send; this
+    message's outcome is returned unwritten, for the next claim's commit (or the batch's last)
+    to carry."""
     delivery_id = delivery.id
     spec = kept_spec(delivery)
     fresh = spec is None
@@ -210,19 +237,24 @@ def _send_one(session: Session, delivery: Delivery, sender: Sender) -> str:
         data = compose(spec)
         rcpts = envelope_recipients(spec, delivery.campaign.bcc)
     except OutreachError as exc:  # nothing of this delivery is written yet
-        if (refused := _refuse(session, delivery)) is not None:
-            return refused
-        deliveries.mark_failed(session, delivery_id, str(exc), source=Status.QUEUED)
-        return Status.FAILED
+        with db.write_turn(session):
+            last()
+            status = _refuse(session, delivery)
+            if status is None:
+                deliveries.mark_failed(session, delivery_id, str(exc), source=Status.QUEUED)
+        return status or Status.FAILED, _nothing
     # This attempt's number, read before the claim: the claim also increments
     # `delivery.attempts`, so reading it afterwards would count one too many.
     attempt = delivery.attempts + 1
     kept = kept_columns(spec) if fresh else None
-    if not deliveries.claim(session, delivery_id, address=delivery.address, kept=kept):
-        return _refuse(session, delivery) or "skipped"  # nothing of ours to undo
-    if fresh:
-        keep_attachments(session, delivery_id, spec.attachments)
-    session.commit()  # the uncertain window opens: `sending` is on disk before the DATA
+    with db.write_turn(session):  # its commit opens the uncertain window, before the DATA
+        last()
+        claimed = deliveries.claim(session, delivery_id, address=delivery.address, kept=kept)
+        if claimed and fresh:
+            keep_attachments(session, delivery_id, spec.attachments)
+        refused = None if claimed else _refuse(session, delivery)
+    if not claimed:
+        return refused or "skipped", _nothing  # nothing of ours to undo
     return _deliver(session, delivery, attempt, rcpts, data, sender)
 
 
@@ -258,8 +290,8 @@ def _deliver(
     rcpts: list[str],
     data: bytes,
     sender: Sender,
-) -> str:
-    """Hand the message to the server and record what it said."""
+) -> tuple[str, Write]:
+    """Hand the message to the server; what it said, and the write that records it."""
     delivery_id, settings = delivery.id, sender.settings
     try:
         refused = sender.transport.send(
@@ -269,18 +301,18 @@ def _deliver(
             smtputf8=settings.smtp_utf8,
         )
     except PermanentSmtpError as exc:
-        deliveries.mark_failed(session, delivery_id, str(exc), source=Status.SENDING)
-        return Status.FAILED
+        return Status.FAILED, _failed(session, delivery_id, str(exc))
     except UncertainSmtpError as exc:  # never retried without an operator: no second letter
-        deliveries.transition(
+        why = str(exc)
+        return Status.UNKNOWN, partial(
+            deliveries.transition,
             session,
             delivery_id,
             Status.SENDING,
             Status.UNKNOWN,
-            detail=str(exc),
-            last_error=str(exc),
+            detail=why,
+            last_error=why,
         )
-        return Status.UNKNOWN
     except (TransientSmtpError, ConfigError) as exc:  # nothing was sent; a fixed setting helps
         return _defer(session, delivery_id, attempts, str(exc), settings)
     address = delivery.address
@@ -290,18 +322,19 @@ def _deliver(
         reason = f"{code} {text} (refused {address}; other recipients of the message accepted)"
         if 400 <= code < 500:
             return _defer(session, delivery_id, attempts, reason, settings)
-        deliveries.mark_failed(session, delivery_id, reason, source=Status.SENDING)
-        return Status.FAILED
+        return Status.FAILED, _failed(session, delivery_id, reason)
     others = ", ".join(f"{a}: {c} {t}" for a, (c, t) in refused.items())
-    deliveries.mark_sent(
-        session, delivery_id, f"accepted; also refused {others}" if others else "accepted"
-    )
-    return Status.SENT
+    reply = f"accepted; also refused {others}" if others else "accepted"
+    return Status.SENT, partial(deliveries.mark_sent, session, delivery_id, reply, at=utcnow())
+
+
+def _failed(session: Session, delivery_id: int, reason: str) -> Write:
+    return partial(deliveries.mark_failed, session, delivery_id, reason, source=Status.SENDING)
 
 
 def _defer(
     session: Session, delivery_id: int, attempts: int, reason: str, settings: Settings
-) -> str:
+) -> tuple[str, Write]:
     """A transient failure: try again later, unless out of attempts or too old (as an MTA)."""
     first = session.scalar(
         select(func.min(Event.created_at)).where(
@@ -311,10 +344,8 @@ def _defer(
     age = utcnow() - first if first else timedelta(0)
     if attempts >= settings.max_attempts or age > timedelta(hours=settings.max_age_hours):
         why = f"{attempts} attempts over {age.total_seconds() / 3600:.1f} h"
-        deliveries.mark_failed(
-            session, delivery_id, f"{reason}; gave up after {why}", source=Status.SENDING
-        )
-        return Status.FAILED
+        return Status.FAILED, _failed(session, delivery_id, f"{reason}; gave up after {why}")
     retry_at = utcnow() + retry_delay(attempts, settings)
-    deliveries.mark_deferred(session, delivery_id, reason, retry_at)
-    return Status.DEFERRED
+    return Status.DEFERRED, partial(
+        deliveries.mark_deferred, session, delivery_id, reason, retry_at
+    )

@@ -176,27 +176,29 @@ class SmtpClient:
         conn.ehlo_or_helo_if_needed()
         if conn.does_esmtp and conn.has_extn("size"):
             options = [*options, f"size={len(data)}"]
+        commands = _commands(conn, sender, recipients, options)
         try:
-            code, reply = conn.mail(sender, options)
+            replies = _Replies(conn, commands)
+            code, reply = replies.next()
         except smtplib.SMTPServerDisconnected as exc:
             raise _StaleConnection from exc
         if code != 250:
-            _abandon(conn, code)
+            replies.abandon(code)
             raise smtplib.SMTPSenderRefused(code, reply, sender)
         refused: dict[str, tuple[int, bytes]] = {}
         for recipient in recipients:
-            code, reply = conn.rcpt(recipient)
+            code, reply = replies.next()
             if code not in (250, 251):
                 refused[recipient] = (code, reply)
             if code == 421:
-                _abandon(conn, code)
+                replies.abandon(code)
                 raise smtplib.SMTPRecipientsRefused(refused)
         if len(refused) == len(recipients):
-            _abandon(conn, 0)
+            replies.abandon(0)
             raise smtplib.SMTPRecipientsRefused(refused)
-        code, reply = conn.docmd("data")
+        code, reply = replies.next()
         if code != 354:
-            _abandon(conn, code)
+            replies.abandon(code)
             raise smtplib.SMTPDataError(code, reply)
         conn.send(_dot_stuffed(data) + (b"" if data.endswith(b"\r\n") else b"\r\n") + b".\r\n")
         try:
@@ -331,6 +333,54 @@ class SmtpClient:
 
 class _StaleConnection(smtplib.SMTPServerDisconnected):
     """MAIL FROM met a closed connection: nothing of the message was sent."""
+
+
+def _commands(
+    conn: smtplib.SMTP, sender: str, recipients: list[str], options: list[str]
+) -> list[str]:
+    """MAIL, a RCPT per recipient and DATA, as smtplib's `mail` and `rcpt` spell them."""
+    if any(o.lower() == "smtputf8" for o in options):
+        if not conn.has_extn("smtputf8"):
+            raise smtplib.SMTPNotSupportedError("SMTPUTF8 not supported by server")
+        conn.command_encoding = "utf-8"
+    extra = " " + " ".join(options) if options and conn.does_esmtp else ""
+    mail = f"mail FROM:{smtplib.quoteaddr(sender)}{extra}"
+    return [mail, *(f"rcpt TO:{smtplib.quoteaddr(r)}" for r in recipients), "data"]
+
+
+class _Replies:
+    """The replies to a transaction's commands, in order. With PIPELINING (RFC 2920), when
+    the server offers it, the commands go in one write and the replies are read after it: one
+    round trip where there were two plus one a recipient (the DATA reply, 354 or a refusal
+    after refused recipients, still decides whether the message goes). Without it, each
+    command is sent when its reply is asked for."""
+
+    def __init__(self, conn: smtplib.SMTP, commands: list[str]) -> None:
+        for command in commands:
+            if "\r" in command or "\n" in command:  # smtplib's own check, for one write
+                raise ValueError(f"a line break in an SMTP command: {command!r}")
+        self._conn, self._commands, self._asked = conn, commands, 0
+        self._pipelined = conn.does_esmtp and conn.has_extn("pipelining")
+        if self._pipelined:
+            conn.send("".join(f"{c}\r\n" for c in commands))
+
+    def next(self) -> tuple[int, bytes]:
+        """The reply to the next command (sending it first, if not pipelined)."""
+        command = self._commands[self._asked]
+        self._asked += 1
+        if not self._pipelined:
+            self._conn.putcmd(command)
+        return self._conn.getreply()
+
+    def abandon(self, code: int) -> None:
+        """End the transaction: read the replies to what was sent ahead (a DATA the server
+        accepted nonetheless gets an empty message, as RFC 2920 asks), then `_abandon`."""
+        if self._pipelined and code != 421:
+            while self._asked < len(self._commands):
+                if self.next()[0] == 354:  # only DATA is answered 354
+                    self._conn.send(b".\r\n")
+                    self._conn.getreply()
+        _abandon(self._conn, code)
 
 
 def _abandon(conn: smtplib.SMTP, code: int) -> None:

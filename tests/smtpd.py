@@ -1,12 +1,14 @@
 """A real SMTP server for tests: aiosmtpd in a thread on 127.0.0.1, on a port of its own.
 
 It records every message it accepts (envelope and raw bytes), counts connections, and answers
-with faults set per recipient while it runs: a reply at RCPT or at DATA, or a connection dropped
+with faults set per address while it runs: a reply at MAIL, RCPT or DATA, or a connection dropped
 at DATA, always or only the first N times; or it runs the test's own code once a message's DATA
 has arrived and before it replies (`on_data`: e.g. kill the client in its uncertain window).
 `BadServer` is not SMTP at all: silent after connecting, or one line (a 421) and close.
 Optionally TLS (STARTTLS or implicit) with a
-certificate from a test CA (trustme), and AUTH with USERNAME and PASSWORD.
+certificate from a test CA (trustme), and AUTH with USERNAME and PASSWORD. It offers
+PIPELINING (RFC 2920) as real servers do, unless started with `pipelining=False`, and notes
+for each MAIL whether the commands after it had already arrived (`ahead_of_mail`).
 
 Fixtures: `smtp_pki` (session), `smtp_server` (plain, no AUTH) and `tls_smtp_server` (a factory).
 """
@@ -36,7 +38,7 @@ USERNAME = "outreach-test"
 PASSWORD = "Tr0ub4dor&3-never-in-a-log"
 
 Security = Literal["plain", "starttls", "ssl"]
-Stage = Literal["rcpt", "data", "drop"]
+Stage = Literal["mail", "rcpt", "data", "drop"]
 
 
 @dataclass(frozen=True)
@@ -106,11 +108,14 @@ class RecordingServer:
         auth_require_tls: bool = True,
         pki: Pki | None = None,
         port: int = 0,
+        pipelining: bool = True,
     ) -> None:
         if security != "plain" and pki is None:
             raise ValueError(f"a {security} server needs a Pki")
         self.host, self.port = "127.0.0.1", port  # 0: a free port, known once started
         self.security, self.auth, self.pki = security, auth, pki
+        self.pipelining = pipelining
+        self.ahead_of_mail: list[bool] = []  # per MAIL: were later commands already read?
         self.connections = 0
         self.logins: list[tuple[str, bool]] = []  # (login, accepted) for every AUTH attempt
         self._messages: list[Received] = []
@@ -185,6 +190,12 @@ class RecordingServer:
         }
 
     # --- faults, settable while the server runs ----------------------------------------------
+
+    def fail_mail(
+        self, address: str, code: int, text: str = "", *, times: int | None = None
+    ) -> None:
+        """Answer MAIL FROM:<address> with `code text`."""
+        self._add_fault("mail", address, f"{code} {text or 'fault set by the test'}", times)
 
     def fail_rcpt(
         self, address: str, code: int, text: str = "", *, times: int | None = None
@@ -290,11 +301,29 @@ class _Handler:
     def __init__(self, owner: RecordingServer) -> None:
         self.owner = owner
 
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        if self.owner.pipelining:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
+
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
+        # What the client sent after MAIL and before its reply: nothing, unless it pipelines.
+        self.owner.ahead_of_mail.append(bool(server._reader._buffer))  # type: ignore[attr-defined]
         if self.owner.auth and not session.authenticated:
             return "530 5.7.0 Authentication required"
+        fault = self.owner._take_fault("mail", [address])
+        if fault is not None:
+            return fault.reply
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         return "250 OK"

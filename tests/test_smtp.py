@@ -37,6 +37,14 @@ MESSAGE = (
 TlsServer = Callable[..., RecordingServer]
 
 
+@pytest.fixture(params=["pipelining", "lockstep"])
+def smtp_server(request: pytest.FixtureRequest) -> Iterator[RecordingServer]:
+    """Every transaction test against a server that offers PIPELINING and one that does not:
+    the client takes the one path or the other, and each must sort replies the same way."""
+    with RecordingServer(pipelining=request.param == "pipelining") as server:
+        yield server
+
+
 def client_for(server: RecordingServer, **overrides: Any) -> SmtpClient:
     """A client for this server, through the settings, as the workers make theirs."""
     return SmtpClient.from_settings(load_settings(**{**server.settings_overrides(), **overrides}))
@@ -135,6 +143,28 @@ def test_password_in_no_log_record(
     logged = caplog.text + "\n".join(r.getMessage() for r in caplog.records)
     logged += "".join(capsys.readouterr())
     assert [s for s in secrets if s in logged] == []
+
+
+def test_commands_pipelined_only_when_offered(smtp_server: RecordingServer) -> None:
+    """MAIL, RCPT and DATA in one write when the server offers PIPELINING: one round trip,
+    where there are three without it."""
+    with client_for(smtp_server) as client:
+        send(client, TO, OTHER)
+        send(client)
+    assert smtp_server.ahead_of_mail == [smtp_server.pipelining] * 2
+    assert [m.rcpt_tos for m in smtp_server.messages] == [[TO, OTHER], [TO]]
+    assert smtp_server.messages[0].data == MESSAGE  # its leading dot stuffed and unstuffed
+
+
+def test_sender_refused_and_the_connection_still_good(smtp_server: RecordingServer) -> None:
+    """A refused MAIL: the replies to what was pipelined after it are read before the RSET."""
+    smtp_server.fail_mail(SENDER, 553, "5.7.1 Sender not allowed", times=1)
+    with client_for(smtp_server) as client:
+        with pytest.raises(PermanentSmtpError, match="sender refused: 553"):
+            send(client)
+        assert send(client) == {}
+    assert len(smtp_server.messages) == 1
+    assert smtp_server.connections == 1
 
 
 def test_one_recipient_refused_the_other_gets_it(smtp_server: RecordingServer) -> None:
