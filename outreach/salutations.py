@@ -161,8 +161,10 @@ def display_name(*, honorific: str, given_name: str, family_name: str) -> str:
     return " ".join(p.strip() for p in (honorific, given_name, family_name) if p.strip())
 
 
+@lru_cache(maxsize=1024)
 def format_date(d: date, language: str) -> str:
-    """The date as the language writes it in a letter: "7 November 2017", "7. November 2017"."""
+    """The date as the language writes it in a letter: "7 November 2017", "7. November 2017".
+    Cached: a campaign's letters share their date, and Babel's formatting is slow."""
     return babel_format_date(d, format="long", locale=rules_for(language).locale)
 
 

@@ -90,6 +90,14 @@ class Sender:
     throttle: Throttle
 
 
+Write = Callable[[], object]
+"""A status write held back: the last message's outcome, written before the next claim."""
+
+
+def _nothing() -> None:
+    """No write held back."""
+
+
 def retry_delay(attempts: int, settings: Settings, rng: random.Random | None = None) -> timedelta:
     """Exponential backoff with jitter: base * 2^(attempts-1), capped, times 0.8 to 1.2."""
     base = settings.retry_base_seconds * 2 ** max(attempts - 1, 0)
@@ -131,25 +139,17 @@ def send_batch(
                 with db.write_turn(session):
                     last()
                 last = _nothing
-            if not _take_token(limits, sender):
-                rest = [d.id for d in batch[position:]]
-                with db.write_turn(session):
-                    _give_back(session, rest, "rate limit reached")
-                outcome["waiting"] += len(rest)
-                break
+                if not _take_token(limits, sender):
+                    rest = [d.id for d in batch[position:]]
+                    with db.write_turn(session):
+                        _give_back(session, rest, "rate limit reached")
+                    outcome["waiting"] += len(rest)
+                    break
             status, last = _send_one(session, delivery, sender, last)
             outcome[status] += 1
         with db.write_turn(session):
             last()
     return outcome
-
-
-Write = Callable[[], object]
-"""A status write held back: the last message's outcome, written before the next claim."""
-
-
-def _nothing() -> None:
-    """No write held back."""
 
 
 @contextmanager
@@ -163,16 +163,13 @@ def _one_connection(sessions: sessionmaker[Session]) -> Iterator[Session]:
 
 
 def _load(session: Session, delivery_ids: Sequence[int]) -> list[Delivery]:
-    """The batch's deliveries with what sending needs, in the order given, in five queries."""
+    """The batch's deliveries with what every message needs, in the order given, in three
+    queries. What few need is loaded when asked for: the kept attachments (a retry) and the
+    letter rendered ahead (a PDF letter; none is asked of the database when there is none)."""
     rows = session.scalars(
         select(Delivery)
         .where(Delivery.id.in_(delivery_ids))
-        .options(
-            selectinload(Delivery.recipient),
-            selectinload(Delivery.campaign),
-            selectinload(Delivery.attachments),
-            selectinload(Delivery.letter),
-        )
+        .options(selectinload(Delivery.recipient), selectinload(Delivery.campaign))
     )
     by_id = {d.id: d for d in rows}
     return [by_id[i] for i in delivery_ids if i in by_id]
