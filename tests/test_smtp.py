@@ -156,17 +156,6 @@ def test_commands_pipelined_only_when_offered(smtp_server: RecordingServer) -> N
     assert smtp_server.messages[0].data == MESSAGE  # its leading dot stuffed and unstuffed
 
 
-def test_sender_refused_and_the_connection_still_good(smtp_server: RecordingServer) -> None:
-    """A refused MAIL: the replies to what was pipelined after it are read before the RSET."""
-    smtp_server.fail_mail(SENDER, 553, "5.7.1 Sender not allowed", times=1)
-    with client_for(smtp_server) as client:
-        with pytest.raises(PermanentSmtpError, match="sender refused: 553"):
-            send(client)
-        assert send(client) == {}
-    assert len(smtp_server.messages) == 1
-    assert smtp_server.connections == 1
-
-
 def test_one_recipient_refused_the_other_gets_it(smtp_server: RecordingServer) -> None:
     smtp_server.fail_rcpt(OTHER, 550, "5.1.1 No such mailbox here")
     with client_for(smtp_server) as client:
@@ -231,15 +220,32 @@ def test_silence_after_the_final_dot_is_uncertain_and_the_next_send_reconnects(
     assert smtp_server.connections == 2
 
 
-def test_421_at_rcpt_is_transient_and_the_next_send_reconnects(
+@pytest.mark.parametrize(
+    ("stage", "address", "reply", "error", "connections"),
+    [
+        ("mail", SENDER, "553 5.7.1 Sender not allowed", PermanentSmtpError, 1),
+        ("rcpt", TO, "421 4.3.2 shutting down", TransientSmtpError, 2),
+    ],
+)
+def test_a_refusal_then_the_next_send_goes_through(
     smtp_server: RecordingServer,
+    stage: str,
+    address: str,
+    reply: str,
+    error: type[Exception],
+    connections: int,
 ) -> None:
-    smtp_server.fail_rcpt(TO, 421, "4.3.2 shutting down", times=1)
+    """A refused MAIL keeps the connection (the replies to what was pipelined after it are
+    read, then RSET); a 421 closes it, and the next send reconnects."""
+    code, text = reply.split(" ", 1)
+    fail = smtp_server.fail_mail if stage == "mail" else smtp_server.fail_rcpt
+    fail(address, int(code), text, times=1)
     with client_for(smtp_server) as client:
-        with pytest.raises(TransientSmtpError, match="421"):
+        with pytest.raises(error, match=code):
             send(client)
         assert send(client) == {}
     assert len(smtp_server.messages) == 1
+    assert smtp_server.connections == connections
 
 
 def test_connection_closed_while_idle_is_reopened_without_error(
