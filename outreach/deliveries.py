@@ -20,16 +20,42 @@ another outcome) before the next DATA on the same connection.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Insert, Update, bindparam, exists, insert, literal, select, update
+from sqlalchemy import (
+    ARRAY,
+    CTE,
+    Insert,
+    Integer,
+    Select,
+    String,
+    Update,
+    bindparam,
+    exists,
+    func,
+    insert,
+    literal,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from outreach import suppression
 from outreach.errors import InputError, TransitionError
-from outreach.models import Campaign, CampaignState, Delivery, Event, Status, Suppression, utcnow
+from outreach.models import (
+    Campaign,
+    CampaignState,
+    Delivery,
+    DeliveryAttachment,
+    Event,
+    Status,
+    Suppression,
+    utcnow,
+)
 
 ALLOWED: dict[Status, frozenset[Status]] = {
     Status.PENDING: frozenset(
@@ -92,15 +118,26 @@ def transition(
 _ROWS = Delivery.__table__
 _LOCKABLE = _ROWS.alias("lockable")  # a subquery of its own, not correlated to the UPDATE
 _CAMPAIGNS, _SUPPRESSIONS = Campaign.__table__, Suppression.__table__
+_ATTACHMENTS = DeliveryAttachment.__table__
+
+
+def _compare_and_swap(prefix: str = "") -> Update:
+    """`UPDATE deliveries ... WHERE id = :id_ AND status = :source RETURNING campaign_id, id`,
+    its parameters named with `prefix` (two in one statement need names of their own)."""
+    return (
+        update(_ROWS)
+        .where(
+            _ROWS.c.id == bindparam(f"{prefix}id_"), _ROWS.c.status == bindparam(f"{prefix}source")
+        )
+        .returning(_ROWS.c.campaign_id, _ROWS.c.id)
+    )
+
 
 # The statements are built once, on the tables: the SET clause comes from the parameters of
 # each call, so one statement and its cached compiled form serve every transition. (Built per
 # call on the ORM entity, they cost more CPU than the database took to run them.)
-_MOVE = (
-    update(_ROWS)
-    .where(_ROWS.c.id == bindparam("id_"), _ROWS.c.status == bindparam("source"))
-    .returning(_ROWS.c.campaign_id)
-)
+_MOVE = _compare_and_swap()
+_SETTLE = _compare_and_swap("v_")  # a verdict written in the claim's statement (PostgreSQL)
 _UNLOCKED = (  # the row's id unless another transaction holds it (PostgreSQL; SQLite ignores)
     select(_LOCKABLE.c.id)
     .where(_LOCKABLE.c.id == bindparam("id_"), _LOCKABLE.c.status == bindparam("source"))
@@ -111,7 +148,7 @@ _CLAIM = (
     update(_ROWS)
     .where(_ROWS.c.id == _UNLOCKED, _ROWS.c.status == bindparam("source"))
     .values(attempts=_ROWS.c.attempts + 1)
-    .returning(_ROWS.c.campaign_id)
+    .returning(_ROWS.c.campaign_id, _ROWS.c.id)
 )
 _CLAIM_TO_SEND = _CLAIM.where(  # ... only while the campaign runs and the address is not listed
     exists().where(
@@ -121,27 +158,68 @@ _CLAIM_TO_SEND = _CLAIM.where(  # ... only while the campaign runs and the addre
 )
 _EVENTS = Event.__table__
 _EVENT = insert(_EVENTS)
+_EVENT_COLUMNS = [
+    "campaign_id", "delivery_id", "kind", "from_status", "to_status", "detail", "created_at"
+]  # fmt: skip
+_KEEP_ATTACHMENTS = insert(_ATTACHMENTS)
+
+
+def _moved(statement: Update, columns: tuple[str, ...], prefix: str = "") -> tuple[CTE, Select]:
+    """PostgreSQL: a compare-and-swap as a CTE (`WITH moved AS (UPDATE ... RETURNING ...)`),
+    and the SELECT of the Event `_event` describes for the row it moved, from the same
+    parameters. A nested UPDATE takes no SET from the parameters, so it is spelled out: one
+    statement per set of columns written. With two UPDATEs of one table in a statement, each
+    needs a `prefix`: SQLAlchemy adds a parameter named as a column to the SET of every UPDATE
+    of its table."""
+    values = {c: bindparam(f"{prefix}{c}", type_=_ROWS.c[c].type) for c in columns}
+    moved = statement.values(values).cte(f"{prefix}moved")
+    status = _EVENTS.c.to_status.type
+    event = select(
+        moved.c.campaign_id,
+        moved.c.id,
+        literal("status", _EVENTS.c.kind.type),
+        bindparam(f"{prefix}source", type_=status),
+        bindparam(f"{prefix}status", type_=status),
+        bindparam(f"{prefix}detail", type_=_EVENTS.c.detail.type),
+        bindparam(f"{prefix}updated_at", type_=_EVENTS.c.created_at.type),
+    )
+    return moved, event
 
 
 @lru_cache(maxsize=64)
 def _with_event(statement: Update, columns: tuple[str, ...]) -> Insert:
     """PostgreSQL: the compare-and-swap and its Event in one statement, one round trip instead
-    of two (`WITH moved AS (UPDATE ... RETURNING ...) INSERT INTO events SELECT ... FROM
-    moved`): the Event `_event` describes, from the same parameters. A nested UPDATE takes no
-    SET from the parameters, so it is spelled out: one statement per set of columns written."""
-    moved = statement.values({c: bindparam(c, type_=_ROWS.c[c].type) for c in columns}).cte()
-    status = _EVENTS.c.to_status.type
-    event = select(
-        moved.c.campaign_id,
-        bindparam("id_", type_=_EVENTS.c.delivery_id.type),
-        literal("status", _EVENTS.c.kind.type),
-        bindparam("source", type_=status),
-        bindparam("status", type_=status),
-        bindparam("detail", type_=_EVENTS.c.detail.type),
-        bindparam("updated_at", type_=_EVENTS.c.created_at.type),
+    of two (`WITH moved AS (UPDATE ...) INSERT INTO events SELECT ... FROM moved`)."""
+    _, event = _moved(statement, columns)
+    return insert(_EVENTS).from_select(_EVENT_COLUMNS, event).returning(_EVENTS.c.delivery_id)
+
+
+@lru_cache(maxsize=64)
+def _claim_with_all(
+    statement: Update, columns: tuple[str, ...], verdict: tuple[str, ...] | None
+) -> Insert:
+    """PostgreSQL: a claim, the message's kept attachment rows, the verdict held back (if any)
+    and both Events in one statement: one round trip a message between BEGIN and COMMIT,
+    instead of three. Returns the ids of the deliveries that moved."""
+    claimed, events = _moved(statement, columns, "c_")
+    attachments = insert(_ATTACHMENTS).from_select(
+        ["delivery_id", "position", "sha256", "filename"],
+        select(
+            claimed.c.id,
+            func.unnest(bindparam("a_position", type_=ARRAY(Integer))),
+            func.unnest(bindparam("a_sha256", type_=ARRAY(String))),
+            func.unnest(bindparam("a_filename", type_=ARRAY(String))),
+        ),
     )
-    names = ["campaign_id", "delivery_id", "kind", "from_status", "to_status", "detail"]
-    return insert(_EVENTS).from_select([*names, "created_at"], event).returning(_EVENTS.c.id)
+    if verdict is not None:
+        _, settled = _moved(_SETTLE, verdict, "v_")
+        events = union_all(settled, events)
+    return (
+        insert(_EVENTS)
+        .from_select(_EVENT_COLUMNS, events)
+        .returning(_EVENTS.c.delivery_id)
+        .add_cte(attachments.cte("kept"))
+    )
 
 
 def _move(
@@ -229,57 +307,133 @@ def transition_many(
     return [delivery_id for delivery_id, _ in moved]
 
 
-def claim(
-    session: Session,
-    delivery_id: int,
-    *,
-    address: str | None = None,
-    kept: Mapping[str, Any] | None = None,
-) -> bool:
-    """Take a queued delivery for sending, the attempt counted before the DATA goes out. Given
-    the `address` it goes to (the send loop), only while its campaign runs and the address is
-    not on the suppression list, checked in the same statement: no query of its own for that
-    per message (`sending._refusal` tells why, when a claim misses). `kept`: the message's
-    columns (`messages.kept_columns`), written by the same UPDATE."""
-    if address is None:
-        statement, where = _CLAIM, {}
-    else:
-        statement, where = _CLAIM_TO_SEND, {"suppression_key": suppression.key(address)}
-    values = {"next_attempt_at": None, **(kept or {})}
-    return _move(
-        session, statement, delivery_id, Status.QUEUED, Status.SENDING, "", values, **where
+@dataclass(frozen=True)
+class Verdict:
+    """Where a delivery goes once the server has answered, and why: decided at the answer,
+    written later (the send loop writes it with the next message's claim)."""
+
+    delivery_id: int
+    target: Status
+    detail: str
+    values: Mapping[str, Any] = field(default_factory=dict)  # further columns to set
+    source: Status = Status.SENDING
+
+
+def sent(delivery_id: int, reply: str, *, at: datetime | None = None) -> Verdict:
+    """`at`: when the server accepted it, if the write comes later (the send loop)."""
+    return Verdict(delivery_id, Status.SENT, reply, {"sent_at": at or utcnow(), "last_error": ""})
+
+
+def failed(delivery_id: int, reason: str, *, source: Status = Status.SENDING) -> Verdict:
+    return Verdict(delivery_id, Status.FAILED, reason, {"last_error": reason}, source)
+
+
+def deferred(delivery_id: int, reason: str, retry_at: datetime) -> Verdict:
+    detail = f"{reason} (next attempt {retry_at:%Y-%m-%d %H:%M:%S} UTC)"
+    return Verdict(
+        delivery_id, Status.DEFERRED, detail, {"last_error": reason, "next_attempt_at": retry_at}
+    )
+
+
+def unknown(delivery_id: int, why: str) -> Verdict:
+    return Verdict(delivery_id, Status.UNKNOWN, why, {"last_error": why})
+
+
+def settle(session: Session, verdict: Verdict) -> bool:
+    """Write a verdict: False (and nothing written) if the delivery has moved on meanwhile."""
+    return transition(
+        session,
+        verdict.delivery_id,
+        verdict.source,
+        verdict.target,
+        detail=verdict.detail,
+        **verdict.values,
     )
 
 
 def mark_sent(
     session: Session, delivery_id: int, reply: str, *, at: datetime | None = None
 ) -> bool:
-    """`at`: when the server accepted it, if the write comes later (the send loop)."""
-    return transition(
-        session,
-        delivery_id,
-        Status.SENDING,
-        Status.SENT,
-        detail=reply,
-        sent_at=at or utcnow(),
-        last_error="",
-    )
+    return settle(session, sent(delivery_id, reply, at=at))
 
 
 def mark_failed(session: Session, delivery_id: int, reason: str, *, source: Status) -> bool:
-    return transition(session, delivery_id, source, Status.FAILED, detail=reason, last_error=reason)
+    return settle(session, failed(delivery_id, reason, source=source))
 
 
-def mark_deferred(session: Session, delivery_id: int, reason: str, retry_at: datetime) -> bool:
-    return transition(
-        session,
-        delivery_id,
-        Status.SENDING,
-        Status.DEFERRED,
-        detail=f"{reason} (next attempt {retry_at:%Y-%m-%d %H:%M:%S} UTC)",
-        last_error=reason,
-        next_attempt_at=retry_at,
-    )
+def claim(
+    session: Session,
+    delivery_id: int,
+    *,
+    address: str | None = None,
+    kept: Mapping[str, Any] | None = None,
+    attachments: Sequence[tuple[str, str]] = (),
+    after: Verdict | None = None,
+) -> bool:
+    """Take a queued delivery for sending, the attempt counted before the DATA goes out. Given
+    the `address` it goes to (the send loop), only while its campaign runs and the address is
+    not on the suppression list, checked in the same statement: no query of its own for that
+    per message (`sending._refusal` tells why, when a claim misses). `kept`: the message's
+    columns (`messages.kept_columns`), written by the same UPDATE; `attachments`: its
+    attachments' (sha256, filename), their bytes already stored (`messages.store_attachments`).
+    `after`: a verdict held back, written first (it is written even if the claim misses)."""
+    if address is None:
+        statement, where = _CLAIM, {}
+    else:
+        statement, where = _CLAIM_TO_SEND, {"suppression_key": suppression.key(address)}
+    values = {"next_attempt_at": None, **(kept or {})}
+    if session.connection().dialect.name == "postgresql":
+        return _claim_in_one(session, statement, delivery_id, values, where, attachments, after)
+    if after is not None:
+        settle(session, after)
+    if not _move(
+        session, statement, delivery_id, Status.QUEUED, Status.SENDING, "", values, **where
+    ):
+        return False
+    if attachments:
+        rows = [
+            {"delivery_id": delivery_id, "position": position, "sha256": sha256, "filename": name}
+            for position, (sha256, name) in enumerate(attachments)
+        ]
+        session.connection().execute(_KEEP_ATTACHMENTS, rows)  # as _move does
+        expire_loaded(session, delivery_id, ["attachments"])
+    return True
+
+
+def _claim_in_one(
+    session: Session,
+    statement: Update,
+    delivery_id: int,
+    values: dict[str, Any],
+    where: dict[str, Any],
+    attachments: Sequence[tuple[str, str]],
+    after: Verdict | None,
+) -> bool:
+    """PostgreSQL: `claim` as one statement (`_claim_with_all`)."""
+    now = utcnow()
+    columns = {"status": Status.SENDING, "updated_at": now, **values}
+    params = {"id_": delivery_id, "source": Status.QUEUED, **where}
+    params |= {f"c_{name}": value for name, value in columns.items()}
+    params |= {"c_source": Status.QUEUED, "c_detail": ""}
+    params |= {
+        "a_position": list(range(len(attachments))),
+        "a_sha256": [sha256 for sha256, _ in attachments],
+        "a_filename": [name for _, name in attachments],
+    }
+    settled: tuple[str, ...] | None = None
+    if after is not None:
+        verdict = {"status": after.target, "updated_at": now, **after.values}
+        settled = tuple(sorted(verdict))
+        params |= {f"v_{name}": value for name, value in verdict.items()}
+        params |= {"v_id_": after.delivery_id, "v_source": after.source, "v_detail": after.detail}
+    both = _claim_with_all(statement, tuple(sorted(columns)), settled)
+    moved = set(session.connection().execute(both, params).scalars())
+    if after is not None and after.delivery_id in moved:
+        expire_loaded(session, after.delivery_id, list(settled or ()))
+    if delivery_id not in moved:
+        return False
+    expire_loaded(session, delivery_id, [*columns, "attempts", "attachments"])
+    return True
 
 
 def unknown_ids(session: Session, ids: Sequence[int], *, everything: bool) -> list[int]:

@@ -15,12 +15,12 @@ from itertools import repeat
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from outreach import campaigns, deliveries, followups
+from outreach import campaigns, followups
 from outreach.compose import Attachment, MessageSpec, attachment_from_path, compose, format_address
 from outreach.config import Settings
 from outreach.errors import OutreachError, TemplateError
@@ -37,7 +37,6 @@ from outreach.models import (
     Campaign,
     Channel,
     Delivery,
-    DeliveryAttachment,
     Recipient,
     Role,
     utcnow,
@@ -188,26 +187,17 @@ def kept_columns(spec: MessageSpec) -> dict[str, Any]:
     }
 
 
-_ATTACHMENT_ROWS = insert(DeliveryAttachment.__table__)
-
-
-def keep_attachments(
-    session: Session, delivery_id: int, attachments: tuple[Attachment, ...]
-) -> None:
-    """The message's attachments on its delivery, in one INSERT; their bytes once by sha256."""
+def store_attachments(
+    session: Session, attachments: tuple[Attachment, ...]
+) -> tuple[tuple[str, str], ...]:
+    """The attachments' bytes stored once by sha256; what a delivery keeps of them, (sha256,
+    filename) in order, for its claim to write (`deliveries.claim(..., attachments=)`)."""
     stored = set(_stored_blobs(session, attachments))  # + this transaction's, locally
     for attachment in attachments:
         if attachment.sha256 not in stored:
             store_blob(session, attachment)
             stored.add(attachment.sha256)
-    if attachments:
-        rows = [
-            {"delivery_id": delivery_id, "position": position, "sha256": a.sha256,
-             "filename": a.filename}
-            for position, a in enumerate(attachments)
-        ]  # fmt: skip
-        session.connection().execute(_ATTACHMENT_ROWS, rows)  # as deliveries._move does
-    deliveries.expire_loaded(session, delivery_id, ["attachments"])
+    return tuple((a.sha256, a.filename) for a in attachments)
 
 
 _KNOWN_BLOBS: dict[str, set[str]] = {}  # per database, read from committed rows; never deleted

@@ -9,9 +9,10 @@ message), send it, and commit the result before the next message's DATA. So at m
 message per connection is ever in the uncertain window, and a worker that dies there leaves a
 `sending` row that recovery turns into `unknown` instead of sending it twice.
 
-A message's outcome is decided when the server answers but written just before the next claim,
-after the next message is prepared: the write transaction then spans a few statements, not a
-render, which matters on SQLite, where it holds the one write lock the other workers wait on.
+A message's outcome (a `deliveries.Verdict`) is decided when the server answers but written with
+the next claim, after the next message is prepared: the write transaction then spans a few
+statements, not a render, which matters on SQLite, where it holds the one write lock the other
+workers wait on; on PostgreSQL the verdict, the claim and their Events are one statement.
 """
 
 from __future__ import annotations
@@ -20,11 +21,10 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from functools import partial
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload, sessionmaker
@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 from outreach import campaigns, db, deliveries, suppression, tracking
 from outreach.compose import compose, envelope_recipients
 from outreach.config import Settings
+from outreach.deliveries import Verdict
 from outreach.dispatch import account_limits
 from outreach.errors import (
     ConfigError,
@@ -44,10 +45,10 @@ from outreach.messages import (
     Kit,
     ahead_letter,
     draft,
-    keep_attachments,
     kept_columns,
     kept_spec,
     load_kit,
+    store_attachments,
 )
 from outreach.models import Campaign, CampaignState, Channel, Delivery, Event, Status, utcnow
 from outreach.smtp import Transport
@@ -90,12 +91,10 @@ class Sender:
     throttle: Throttle
 
 
-Write = Callable[[], object]
-"""A status write held back: the last message's outcome, written before the next claim."""
-
-
-def _nothing() -> None:
-    """No write held back."""
+def _settle(session: Session, last: Verdict | None) -> None:
+    """Write the last message's verdict, if one is held back."""
+    if last is not None:
+        deliveries.settle(session, last)
 
 
 def retry_delay(attempts: int, settings: Settings, rng: random.Random | None = None) -> timedelta:
@@ -125,7 +124,7 @@ def send_batch(
         return outcome
     with _one_connection(sessions) as session:
         batch = _load(session, delivery_ids)
-        last: Write = _nothing  # the last message's outcome, not yet written
+        last: Verdict | None = None  # the last message's outcome, not yet written
         limits_of: dict[int, Limits] = {}  # per campaign, as loaded with the batch
         for position, delivery in enumerate(batch):
             if delivery.status != Status.QUEUED:
@@ -137,8 +136,8 @@ def send_batch(
                 limits_of[delivery.campaign_id] = limits
             if not limits.unlimited:
                 with db.write_turn(session):
-                    last()
-                last = _nothing
+                    _settle(session, last)
+                last = None
                 if not _take_token(limits, sender):
                     rest = [d.id for d in batch[position:]]
                     with db.write_turn(session):
@@ -148,7 +147,7 @@ def send_batch(
             status, last = _send_one(session, delivery, sender, last)
             outcome[status] += 1
         with db.write_turn(session):
-            last()
+            _settle(session, last)
     return outcome
 
 
@@ -211,11 +210,10 @@ def _give_back(session: Session, delivery_ids: Sequence[int], reason: str) -> No
 
 
 def _send_one(
-    session: Session, delivery: Delivery, sender: Sender, last: Write
-) -> tuple[str, Write]:
-    """One message: prepare, write the `last` outcome, claim (or refuse) and commit, send; this
-    message's outcome is returned unwritten, for the next claim's commit (or the batch's last)
-    to carry."""
+    session: Session, delivery: Delivery, sender: Sender, last: Verdict | None
+) -> tuple[str, Verdict | None]:
+    """One message: prepare, claim (or refuse) with the `last` verdict and commit, send; this
+    message's verdict is returned unwritten, for the next claim (or the batch's end) to write."""
     delivery_id = delivery.id
     spec = kept_spec(delivery)
     fresh = spec is None
@@ -235,23 +233,27 @@ def _send_one(
         rcpts = envelope_recipients(spec, delivery.campaign.bcc)
     except OutreachError as exc:  # nothing of this delivery is written yet
         with db.write_turn(session):
-            last()
+            _settle(session, last)
             status = _refuse(session, delivery)
             if status is None:
                 deliveries.mark_failed(session, delivery_id, str(exc), source=Status.QUEUED)
-        return status or Status.FAILED, _nothing
+        return status or Status.FAILED, None
     # This attempt's number, read before the claim: the claim also increments
     # `delivery.attempts`, so reading it afterwards would count one too many.
     attempt = delivery.attempts + 1
     kept = kept_columns(spec) if fresh else None
     with db.write_turn(session):  # its commit opens the uncertain window, before the DATA
-        last()
-        claimed = deliveries.claim(session, delivery_id, address=delivery.address, kept=kept)
-        if claimed and fresh:
-            keep_attachments(session, delivery_id, spec.attachments)
+        claimed = deliveries.claim(
+            session,
+            delivery_id,
+            address=delivery.address,
+            kept=kept,
+            attachments=store_attachments(session, spec.attachments) if fresh else (),
+            after=last,
+        )
         refused = None if claimed else _refuse(session, delivery)
     if not claimed:
-        return refused or "skipped", _nothing  # nothing of ours to undo
+        return refused or "skipped", None  # nothing of ours to undo
     return _deliver(session, delivery, attempt, rcpts, data, sender)
 
 
@@ -287,8 +289,8 @@ def _deliver(
     rcpts: list[str],
     data: bytes,
     sender: Sender,
-) -> tuple[str, Write]:
-    """Hand the message to the server; what it said, and the write that records it."""
+) -> tuple[str, Verdict]:
+    """Hand the message to the server; what it said, and the verdict that records it."""
     delivery_id, settings = delivery.id, sender.settings
     try:
         refused = sender.transport.send(
@@ -298,18 +300,9 @@ def _deliver(
             smtputf8=settings.smtp_utf8,
         )
     except PermanentSmtpError as exc:
-        return Status.FAILED, _failed(session, delivery_id, str(exc))
+        return Status.FAILED, deliveries.failed(delivery_id, str(exc))
     except UncertainSmtpError as exc:  # never retried without an operator: no second letter
-        why = str(exc)
-        return Status.UNKNOWN, partial(
-            deliveries.transition,
-            session,
-            delivery_id,
-            Status.SENDING,
-            Status.UNKNOWN,
-            detail=why,
-            last_error=why,
-        )
+        return Status.UNKNOWN, deliveries.unknown(delivery_id, str(exc))
     except (TransientSmtpError, ConfigError) as exc:  # nothing was sent; a fixed setting helps
         return _defer(session, delivery_id, attempts, str(exc), settings)
     address = delivery.address
@@ -319,19 +312,15 @@ def _deliver(
         reason = f"{code} {text} (refused {address}; other recipients of the message accepted)"
         if 400 <= code < 500:
             return _defer(session, delivery_id, attempts, reason, settings)
-        return Status.FAILED, _failed(session, delivery_id, reason)
+        return Status.FAILED, deliveries.failed(delivery_id, reason)
     others = ", ".join(f"{a}: {c} {t}" for a, (c, t) in refused.items())
     reply = f"accepted; also refused {others}" if others else "accepted"
-    return Status.SENT, partial(deliveries.mark_sent, session, delivery_id, reply, at=utcnow())
-
-
-def _failed(session: Session, delivery_id: int, reason: str) -> Write:
-    return partial(deliveries.mark_failed, session, delivery_id, reason, source=Status.SENDING)
+    return Status.SENT, deliveries.sent(delivery_id, reply, at=utcnow())
 
 
 def _defer(
     session: Session, delivery_id: int, attempts: int, reason: str, settings: Settings
-) -> tuple[str, Write]:
+) -> tuple[str, Verdict]:
     """A transient failure: try again later, unless out of attempts or too old (as an MTA)."""
     first = session.scalar(
         select(func.min(Event.created_at)).where(
@@ -341,8 +330,6 @@ def _defer(
     age = utcnow() - first if first else timedelta(0)
     if attempts >= settings.max_attempts or age > timedelta(hours=settings.max_age_hours):
         why = f"{attempts} attempts over {age.total_seconds() / 3600:.1f} h"
-        return Status.FAILED, _failed(session, delivery_id, f"{reason}; gave up after {why}")
+        return Status.FAILED, deliveries.failed(delivery_id, f"{reason}; gave up after {why}")
     retry_at = utcnow() + retry_delay(attempts, settings)
-    return Status.DEFERRED, partial(
-        deliveries.mark_deferred, session, delivery_id, reason, retry_at
-    )
+    return Status.DEFERRED, deliveries.deferred(delivery_id, reason, retry_at)

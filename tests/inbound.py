@@ -56,8 +56,9 @@ def send_in_database(session: Session, settings: Settings, name: str = "open-let
         delivery = session.get(Delivery, delivery_id)
         assert delivery is not None
         spec = messages.draft(kit, delivery.recipient, delivery.message_id, utcnow())
-        assert deliveries.claim(session, delivery_id, kept=messages.kept_columns(spec))
-        messages.keep_attachments(session, delivery_id, spec.attachments)
+        kept = messages.kept_columns(spec)
+        attachments = messages.store_attachments(session, spec.attachments)
+        assert deliveries.claim(session, delivery_id, kept=kept, attachments=attachments)
         assert deliveries.mark_sent(session, delivery_id, "250 accepted")
     session.flush()
     return campaign

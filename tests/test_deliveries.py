@@ -7,9 +7,19 @@ import threading
 import pytest
 from sqlalchemy import func, select, update
 
-from outreach import db, deliveries, suppression
+from outreach import db, deliveries, messages, suppression
+from outreach.compose import Attachment
 from outreach.errors import TransitionError
-from outreach.models import Campaign, CampaignState, Delivery, Event, Recipient, Status
+from outreach.models import (
+    Campaign,
+    CampaignState,
+    Delivery,
+    DeliveryAttachment,
+    Event,
+    Recipient,
+    Status,
+    utcnow,
+)
 
 
 def _one_delivery(url: str, status: Status = Status.QUEUED) -> int:
@@ -62,6 +72,76 @@ def test_the_send_loops_claim_misses_unless_running_and_not_suppressed(database_
         suppression.remove(session, "a@example.org")
         assert deliveries.claim(session, delivery_id, address="a@example.org")
         assert session.scalar(select(func.count()).select_from(Event)) == 1
+
+
+def _two_deliveries(url: str) -> tuple[int, int]:
+    """Two queued deliveries of one campaign."""
+    with db.session_scope(url) as session:
+        campaign = Campaign(name="c", template_dir="/t", sender="S <s@example.org>")
+        people = [Recipient(key=f"{n}@example.org", family_name=n, email=f"{n}@example.org")
+                  for n in ("a", "b")]  # fmt: skip
+        session.add_all([campaign, *people])
+        session.flush()
+        rows = [
+            Delivery(campaign_id=campaign.id, recipient_id=p.id, role="to", channel="email",
+                     status=Status.QUEUED, message_id=f"<{p.key}>", address=p.email)
+            for p in people
+        ]  # fmt: skip
+        session.add_all(rows)
+        session.flush()
+        return rows[0].id, rows[1].id
+
+
+def test_a_claim_writes_the_verdict_held_back_and_only_it(database_url: str) -> None:
+    """The send loop's turn: the last message's verdict written with the next claim (on
+    PostgreSQL in one statement). Each row gets its own columns: the claim's kept message and
+    attachments do not reach the verdict's row, the verdict's reply does not reach the claim's."""
+    first, second = _two_deliveries(database_url)
+    pdf = Attachment(filename="letter.pdf", content_type="application/pdf", data=b"%PDF-1.4")
+    accepted_at = utcnow()
+    with db.session_scope(database_url) as session:
+        kept = messages.store_attachments(session, (pdf,))
+        assert deliveries.claim(session, first, kept={"subject": "To A"}, attachments=kept)
+    with db.session_scope(database_url) as session:
+        verdict = deliveries.sent(first, "250 accepted", at=accepted_at)
+        assert deliveries.claim(
+            session, second, kept={"subject": "To B"}, attachments=kept, after=verdict
+        )
+    with db.session_scope(database_url) as session:
+        a, b = session.get(Delivery, first), session.get(Delivery, second)
+        assert a is not None and b is not None
+        assert (a.status, a.sent_at, a.subject, a.attempts) == (
+            Status.SENT, accepted_at, "To A", 1
+        )  # fmt: skip
+        assert (b.status, b.sent_at, b.subject, b.attempts) == (Status.SENDING, None, "To B", 1)
+        assert [(x.delivery_id, x.filename) for x in session.scalars(select(DeliveryAttachment))
+                ] == [(first, "letter.pdf"), (second, "letter.pdf")]  # fmt: skip
+        events = session.execute(
+            select(Event.delivery_id, Event.from_status, Event.to_status, Event.detail)
+            .order_by(Event.id)
+        ).all()  # fmt: skip
+        assert events == [
+            (first, "queued", "sending", ""),
+            (first, "sending", "sent", "250 accepted"),
+            (second, "queued", "sending", ""),
+        ]
+
+
+def test_a_verdict_is_written_even_when_the_claim_misses(database_url: str) -> None:
+    """The claim that carries it lost its delivery to another worker: the last message's verdict
+    is still recorded; a verdict for a delivery that moved on meanwhile is not."""
+    first, second = _two_deliveries(database_url)
+    with db.session_scope(database_url) as session:
+        assert deliveries.claim(session, first)
+        assert deliveries.claim(session, second)
+    with db.session_scope(database_url) as session:
+        assert not deliveries.claim(session, second, after=deliveries.failed(first, "550 no"))
+    with db.session_scope(database_url) as session:
+        assert not deliveries.claim(session, second, after=deliveries.sent(first, "250 ok"))
+    with db.session_scope(database_url) as session:
+        a = session.get(Delivery, first)
+        assert a is not None and (a.status, a.last_error) == (Status.FAILED, "550 no")
+        assert session.scalar(select(func.count()).select_from(Event)) == 3
 
 
 def test_illegal_transition_raises_and_writes_nothing(database_url: str) -> None:

@@ -14,7 +14,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
-from outreach import campaigns, db, followups, messages, tracking
+from outreach import campaigns, db, deliveries, followups, messages, tracking
 from outreach.cli_tracking import register
 from outreach.compose import compose
 from outreach.config import Settings, load_settings
@@ -192,13 +192,12 @@ def test_the_reminder_is_drafted_threaded_and_kept_as_sent(
     assert message["References"] == first_letter.message_id
     delivery = Delivery(
         campaign_id=follow_up.id, recipient_id=person.id, role="to", channel="email",
-        message_id=spec.message_id, address=person.email or "",
+        message_id=spec.message_id, address=person.email or "", status="queued",
     )  # fmt: skip
     session.add(delivery)
     session.flush()
-    session.execute(
-        update(Delivery).where(Delivery.id == delivery.id).values(**messages.kept_columns(spec))
-    )
-    messages.keep_attachments(session, delivery.id, spec.attachments)
+    kept = messages.kept_columns(spec)
+    attachments = messages.store_attachments(session, spec.attachments)
+    assert deliveries.claim(session, delivery.id, kept=kept, attachments=attachments)
     session.refresh(delivery)
     assert messages.rebuild(delivery) == compose(spec)
