@@ -92,6 +92,8 @@ def profile(url: str, csv_path: Path, args: argparse.Namespace) -> None:
     event.listen(db.get_engine(url), "before_cursor_execute", statement)
     event.listen(db.get_engine(url), "commit", commit)
     kits, throttle = sending.KitCache(), LocalThrottle()
+    backends = run.pg_backends(url.rsplit("/", 1)[1]) if args.db == "postgresql" else list
+    backend0 = {pid: run.cpu_seconds(pid) or 0.0 for pid in backends()}
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
     if args.memory:
@@ -107,6 +109,7 @@ def profile(url: str, csv_path: Path, args: argparse.Namespace) -> None:
     wall = time.perf_counter() - started
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu = cpu1.ru_utime - cpu0.ru_utime + cpu1.ru_stime - cpu0.ru_stime
+    backend = sum((run.cpu_seconds(pid) or 0.0) - backend0.get(pid, 0.0) for pid in backends())
     with db.session_scope(url) as session:
         print(campaigns.status_counts(session, campaign))
     if len(snapshots) == 2:
@@ -115,6 +118,7 @@ def profile(url: str, csv_path: Path, args: argparse.Namespace) -> None:
         f"{args.n / wall:.0f} msg/s, {1000 * cpu / args.n:.2f} CPU ms/msg in this process, "
         f"{counts['statements'] / args.n:.1f} statements and {counts['commits'] / args.n:.2f} "
         "commits per message"
+        + (f"; PostgreSQL backends {1000 * backend / args.n:.2f} CPU ms/msg" if backend else "")
     )
 
 

@@ -138,6 +138,11 @@ def _compare_and_swap(prefix: str = "") -> Update:
 # call on the ORM entity, they cost more CPU than the database took to run them.)
 _MOVE = _compare_and_swap()
 _SETTLE = _compare_and_swap("v_")  # a verdict written in the claim's statement (PostgreSQL)
+_MOVE_MANY = (
+    update(_ROWS)
+    .where(_ROWS.c.id.in_(bindparam("ids", expanding=True)), _ROWS.c.status == bindparam("source"))
+    .returning(_ROWS.c.campaign_id, _ROWS.c.id)
+)
 _UNLOCKED = (  # the row's id unless another transaction holds it (PostgreSQL; SQLite ignores)
     select(_LOCKABLE.c.id)
     .where(_LOCKABLE.c.id == bindparam("id_"), _LOCKABLE.c.status == bindparam("source"))
@@ -158,7 +163,7 @@ _CLAIM_TO_SEND = _CLAIM.where(  # ... only while the campaign runs and the addre
 )
 _EVENTS = Event.__table__
 _EVENT = insert(_EVENTS)
-_EVENT_COLUMNS = [
+_EVENT_COLUMNS = [  # in the order `_event` and `_moved` give them
     "campaign_id", "delivery_id", "kind", "from_status", "to_status", "detail", "created_at"
 ]  # fmt: skip
 _KEEP_ATTACHMENTS = insert(_ATTACHMENTS)
@@ -235,37 +240,50 @@ def _move(
     """Run a compare-and-swap statement and, if it moved the row, write its Event. Through the
     session's connection: the Session's own `execute` adds as much CPU as the rest of the
     statement's path for a Core statement, and these run twice for every message sent."""
+    connection = session.connection()
+    if connection.dialect.name != "postgresql":  # SQLite has no UPDATE inside WITH
+        events = _swapped(session, statement, delivery_id, source, target, detail, values, where)
+        if events:
+            connection.execute(_EVENT, events)
+        return bool(events)
+    now = utcnow()
+    columns = {"status": target, "updated_at": now, **values}
+    params = {"id_": delivery_id, "source": source, "detail": detail, **where, **columns}
+    both = _with_event(statement, tuple(sorted(columns)))
+    if connection.execute(both, params).first() is None:
+        return False
+    expire_loaded(session, delivery_id, [*columns, "attempts"])  # attempts: a claim counts one
+    return True
+
+
+def _swapped(
+    session: Session,
+    statement: Update,
+    delivery_id: int,
+    source: Status,
+    target: Status,
+    detail: str,
+    values: Mapping[str, Any],
+    where: Mapping[str, Any],
+) -> list[dict[str, Any]]:
+    """SQLite: run a compare-and-swap statement; the Event to write for it, [] if it missed
+    (the caller writes the Events of a turn in one INSERT)."""
     now = utcnow()
     columns = {"status": target, "updated_at": now, **values}
     params = {"id_": delivery_id, "source": source, **where, **columns}
-    connection = session.connection()
-    if connection.dialect.name == "postgresql":
-        both = _with_event(statement, tuple(sorted(columns)))
-        if connection.execute(both, {**params, "detail": detail}).first() is None:
-            return False
-    else:  # SQLite has no UPDATE inside WITH: two statements
-        row = connection.execute(statement, params).first()
-        if row is None:
-            return False
-        event = _event(row.campaign_id, delivery_id, source, target, detail, now)
-        connection.execute(_EVENT, event)
+    row = session.connection().execute(statement, params).first()
+    if row is None:
+        return []
     expire_loaded(session, delivery_id, [*columns, "attempts"])  # attempts: a claim counts one
-    return True
+    return [_event(row.campaign_id, delivery_id, source, target, detail, now)]
 
 
 def _event(
     campaign_id: int, delivery_id: int, source: Status, target: Status, detail: str, at: datetime
 ) -> dict[str, Any]:
-    """The Event row that records one transition."""
-    return {
-        "campaign_id": campaign_id,
-        "delivery_id": delivery_id,
-        "kind": "status",
-        "from_status": source,
-        "to_status": target,
-        "detail": detail,
-        "created_at": at,
-    }
+    """The Event row that records one transition (on PostgreSQL `_moved` selects the same)."""
+    row = (campaign_id, delivery_id, "status", source, target, detail, at)
+    return dict(zip(_EVENT_COLUMNS, row, strict=True))
 
 
 def expire_loaded(session: Session, delivery_id: int, attributes: list[str]) -> None:
@@ -287,24 +305,28 @@ def transition_many(
     detail: str = "",
     **values: Any,
 ) -> list[int]:
-    """The bulk form of `transition`: returns the ids that moved (those still in `source`)."""
+    """The bulk form of `transition`: returns the ids that moved (those still in `source`).
+    On PostgreSQL each chunk and its Events are one statement (as `_move`)."""
     check_allowed(source, target)
     now = utcnow()
-    moved: list[tuple[int, int]] = []
+    columns = {"status": target, "updated_at": now, **values}
+    params = {"source": source, **columns}
+    connection = session.connection()
+    moved: list[int] = []
     for chunk in _chunks(delivery_ids, 500):
-        result = session.execute(
-            update(Delivery)
-            .where(Delivery.id.in_(chunk), Delivery.status == source)
-            .values(status=target, updated_at=now, **values)
-            .returning(Delivery.id, Delivery.campaign_id)
-        )
-        moved.extend((r.id, r.campaign_id) for r in result)
-    if moved:
-        session.execute(
-            _EVENT,
-            [_event(campaign_id, id_, source, target, detail, now) for id_, campaign_id in moved],
-        )
-    return [delivery_id for delivery_id, _ in moved]
+        if connection.dialect.name == "postgresql":
+            both = _with_event(_MOVE_MANY, tuple(sorted(columns)))
+            result = connection.execute(both, {**params, "ids": list(chunk), "detail": detail})
+            moved.extend(result.scalars())
+            continue
+        rows = connection.execute(_MOVE_MANY, {**params, "ids": list(chunk)}).all()
+        if rows:
+            events = [_event(r.campaign_id, r.id, source, target, detail, now) for r in rows]
+            connection.execute(_EVENT, events)
+        moved.extend(r.id for r in rows)
+    for delivery_id in moved:
+        expire_loaded(session, delivery_id, list(columns))
+    return moved
 
 
 @dataclass(frozen=True)
@@ -384,20 +406,26 @@ def claim(
     values = {"next_attempt_at": None, **(kept or {})}
     if session.connection().dialect.name == "postgresql":
         return _claim_in_one(session, statement, delivery_id, values, where, attachments, after)
+    events = []
     if after is not None:
-        settle(session, after)
-    if not _move(
-        session, statement, delivery_id, Status.QUEUED, Status.SENDING, "", values, **where
-    ):
-        return False
-    if attachments:
+        events = _swapped(
+            session, _MOVE, after.delivery_id, after.source, after.target, after.detail,
+            after.values, {},
+        )  # fmt: skip
+    claimed = _swapped(
+        session, statement, delivery_id, Status.QUEUED, Status.SENDING, "", values, where
+    )
+    connection = session.connection()  # as _move does
+    if events or claimed:
+        connection.execute(_EVENT, events + claimed)
+    if claimed and attachments:
         rows = [
             {"delivery_id": delivery_id, "position": position, "sha256": sha256, "filename": name}
             for position, (sha256, name) in enumerate(attachments)
         ]
-        session.connection().execute(_KEEP_ATTACHMENTS, rows)  # as _move does
+        connection.execute(_KEEP_ATTACHMENTS, rows)
         expire_loaded(session, delivery_id, ["attachments"])
-    return True
+    return bool(claimed)
 
 
 def _claim_in_one(

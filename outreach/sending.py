@@ -156,9 +156,18 @@ def _one_connection(sessions: sessionmaker[Session]) -> Iterator[Session]:
     """A session that keeps one connection for the whole batch. Committing gives a session's
     connection back to the pool, and each message commits: taking it again cost a ping and
     giving it back a reset (on PostgreSQL, a SELECT 1 and a ROLLBACK: two round trips a
-    message)."""
-    with sessions.kw["bind"].connect() as connection, sessions(bind=connection) as session:
-        yield session
+    message).
+
+    On PostgreSQL the connection is in autocommit: every write of the loop is one statement,
+    whole on its own (a claim with its verdict, kept attachments and Events; a transition with
+    its Event), so a BEGIN and a COMMIT around it were two more round trips a message for
+    nothing. A write of this loop that needs two statements to be whole must not be added
+    here without a transaction of its own (`Connection.begin` does not open one here)."""
+    with sessions.kw["bind"].connect() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execution_options(isolation_level="AUTOCOMMIT")
+        with sessions(bind=connection) as session:
+            yield session
 
 
 def _load(session: Session, delivery_ids: Sequence[int]) -> list[Delivery]:

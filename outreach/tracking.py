@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.message import EmailMessage, Message
 from email.utils import getaddresses, parseaddr
+from functools import lru_cache
 
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -135,9 +136,15 @@ def verp_token(delivery_id: int, message_id: str, settings: Settings) -> str:
 def return_path(delivery: Delivery, settings: Settings) -> str:
     """The envelope sender for one delivery: its VERP address, or From's address without one."""
     if not settings.bounce_address:
-        return parseaddr(delivery.campaign.sender)[1]
+        return _address(delivery.campaign.sender)
     prefix, suffix = _verp_parts(settings)
     return f"{prefix}{verp_token(delivery.id, delivery.message_id, settings)}{suffix}"
+
+
+@lru_cache(maxsize=64)
+def _address(sender: str) -> str:
+    """A From's bare address, parsed once per campaign sender, not per message."""
+    return parseaddr(sender)[1]
 
 
 def parse_verp(address: str, settings: Settings) -> str | None:
