@@ -62,7 +62,8 @@ def write_turn(session: Session) -> Iterator[None]:
     their time asleep while the lock was free). The turn ends after the commit: a process that
     kept SQLite's write lock past its turn and then waited for its next turn would wait on a
     process waiting for it. Elsewhere only the commit (PostgreSQL locks rows, and wakes its
-    waiters when a lock is released)."""
+    waiters when a lock is released; on the send loop's connection, in autocommit, each
+    statement has committed itself and the commit sends nothing)."""
     engine = session.get_bind().engine
     path = engine.url.database if engine.dialect.name == "sqlite" else None
     fd = _lock_file(os.getpid(), path) if path and path != ":memory:" else None

@@ -1,9 +1,9 @@
 """The delivery state machine: the one place that changes a delivery's send status.
 
 Every change is a compare-and-swap (`UPDATE ... WHERE id = :id AND status = :expected`) that
-writes an Event in the same transaction. Two workers racing for one delivery: one update matches a
-row, the other matches none and does nothing. A transition the table below does not allow raises
-TransitionError before touching the database.
+writes an Event in the same transaction (on PostgreSQL, in the same statement). Two workers
+racing for one delivery: one update matches a row, the other matches none and does nothing. A
+transition the table below does not allow raises TransitionError before touching the database.
 
     pending ──> queued ──> sending ──> sent
        │          │  ▲        │ ├────> deferred ──> queued (retry due)
@@ -14,7 +14,8 @@ TransitionError before touching the database.
        └──> printed ──> posted          (letters by post: a print pack, then the team posts it)
 
 `sending` is the uncertain window: committed before the message's DATA, left for `sent` (or
-another outcome) before the next DATA on the same connection.
+another outcome) before the next DATA on the same connection. Where it goes is a `Verdict`,
+decided at the server's answer and written with the next claim (`claim(..., after=)`).
 """
 
 from __future__ import annotations
@@ -204,8 +205,9 @@ def _claim_with_all(
     statement: Update, columns: tuple[str, ...], verdict: tuple[str, ...] | None
 ) -> Insert:
     """PostgreSQL: a claim, the message's kept attachment rows, the verdict held back (if any)
-    and both Events in one statement: one round trip a message between BEGIN and COMMIT,
-    instead of three. Returns the ids of the deliveries that moved."""
+    and both Events in one statement, whole on its own: with the send loop's connection in
+    autocommit, one round trip a message instead of five (BEGIN, verdict, claim, attachment
+    rows, COMMIT). Returns the ids of the deliveries that moved."""
     claimed, events = _moved(statement, columns, "c_")
     attachments = insert(_ATTACHMENTS).from_select(
         ["delivery_id", "position", "sha256", "filename"],
@@ -404,6 +406,8 @@ def claim(
     else:
         statement, where = _CLAIM_TO_SEND, {"suppression_key": suppression.key(address)}
     values = {"next_attempt_at": None, **(kept or {})}
+    if after is not None:
+        check_allowed(after.source, after.target)
     if session.connection().dialect.name == "postgresql":
         return _claim_in_one(session, statement, delivery_id, values, where, attachments, after)
     events = []
