@@ -241,7 +241,7 @@ def _move(
 ) -> bool:
     """Run a compare-and-swap statement and, if it moved the row, write its Event. Through the
     session's connection: the Session's own `execute` adds as much CPU as the rest of the
-    statement's path for a Core statement, and these run twice for every message sent."""
+    statement's path for a Core statement, and on SQLite these run twice a message sent."""
     connection = session.connection()
     if connection.dialect.name != "postgresql":  # SQLite has no UPDATE inside WITH
         events = _swapped(session, statement, delivery_id, source, target, detail, values, where)
