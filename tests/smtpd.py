@@ -109,13 +109,18 @@ class RecordingServer:
         pki: Pki | None = None,
         port: int = 0,
         pipelining: bool = True,
+        data_after_refusals: bool = False,
     ) -> None:
+        """`data_after_refusals`: answer DATA with 354 even when every recipient was refused,
+        as RFC 2920 lets a pipelining server do; what the client then sends up to the final dot
+        is kept in `sent_after_refusals` and refused."""
         if security != "plain" and pki is None:
             raise ValueError(f"a {security} server needs a Pki")
         self.host, self.port = "127.0.0.1", port  # 0: a free port, known once started
         self.security, self.auth, self.pki = security, auth, pki
         self.pipelining = pipelining
         self.ahead_of_mail: list[bool] = []  # per MAIL: were later commands already read?
+        self.sent_after_refusals: list[bytes] | None = [] if data_after_refusals else None
         self.connections = 0
         self.logins: list[tuple[str, bool]] = []  # (login, accepted) for every AUTH attempt
         self._messages: list[Received] = []
@@ -124,7 +129,10 @@ class RecordingServer:
         self._lock = threading.Lock()
         self._live: weakref.WeakSet[SMTP] = weakref.WeakSet()
         self._controller = _Controller(
-            _Handler(self), self._connected, **self._smtp_options(auth_require_tls)
+            _Handler(self),
+            self._connected,
+            self.sent_after_refusals,
+            **self._smtp_options(auth_require_tls),
         )
 
     def _smtp_options(self, auth_require_tls: bool) -> dict[str, Any]:
@@ -285,14 +293,44 @@ class RecordingServer:
 class _Controller(LocalController):
     """Tells the server of every connection, so it can count and close them."""
 
-    def __init__(self, handler: object, on_connect: Callable[[SMTP], None], **kwargs: Any):
+    def __init__(
+        self,
+        handler: object,
+        on_connect: Callable[[SMTP], None],
+        sent_after_refusals: list[bytes] | None,
+        **kwargs: Any,
+    ):
         super().__init__(handler, **kwargs)
         self._on_connect = on_connect
+        self._sent_after_refusals = sent_after_refusals
 
     def factory(self) -> SMTP:
-        smtp = super().factory()
+        if self._sent_after_refusals is None:
+            smtp = super().factory()
+        else:
+            smtp = _DataAfterRefusals(self.handler, **self.SMTP_kwargs)
+            smtp.kept = self._sent_after_refusals
         self._on_connect(smtp)
         return smtp
+
+
+class _DataAfterRefusals(SMTP):
+    """DATA answered 354 when every recipient was refused; what follows, to the final dot, kept
+    (in `kept`) and refused. aiosmtpd itself answers such a DATA 503."""
+
+    kept: list[bytes]
+
+    async def smtp_DATA(self, arg: str) -> None:
+        assert self.envelope is not None
+        if self.envelope.rcpt_tos or not self.envelope.mail_from:
+            await super().smtp_DATA(arg)
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        lines = []
+        while (line := await self._reader.readuntil(b"\r\n")) != b".\r\n":  # type: ignore[attr-defined]
+            lines.append(line)
+        self.kept.append(b"".join(lines))
+        await self.push("554 5.5.1 Error: no valid recipients")
 
 
 class _Handler:

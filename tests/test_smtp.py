@@ -176,6 +176,22 @@ def test_only_recipient_refused_is_permanent(smtp_server: RecordingServer) -> No
     assert smtp_server.connections == 1
 
 
+def test_data_answered_354_after_every_recipient_refused_gets_no_message() -> None:
+    """A pipelining client has sent DATA before it reads the RCPT replies; a server may still
+    answer it 354 (RFC 2920). The client then ends the empty DATA at once: nothing of the
+    letter reaches the server, the refusal is the recipient's, and the connection goes on."""
+    with RecordingServer(pipelining=True, data_after_refusals=True) as server:
+        server.fail_rcpt(TO, 550, "5.1.1 No such mailbox here", times=1)
+        with client_for(server) as client:
+            with pytest.raises(PermanentSmtpError, match="all recipients refused") as caught:
+                send(client)
+            assert send(client) == {}
+    assert caught.value.code == 550
+    assert server.sent_after_refusals == [b""]
+    assert [m.rcpt_tos for m in server.messages] == [[TO]]
+    assert server.connections == 1
+
+
 def test_all_refused_with_a_4xx_among_them_is_transient(smtp_server: RecordingServer) -> None:
     smtp_server.fail_rcpt(TO, 550, "5.1.1 No such mailbox here")
     smtp_server.fail_rcpt(OTHER, 451, "4.2.0 Mailbox busy")
