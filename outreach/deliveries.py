@@ -241,15 +241,14 @@ def _move(
 ) -> bool:
     """Run a compare-and-swap statement and, if it moved the row, write its Event. Through the
     session's connection: the Session's own `execute` adds as much CPU as the rest of the
-    statement's path for a Core statement, and on SQLite these run twice a message sent."""
+    statement's path for a Core statement (the send loop's `_swapped` and `_claim_in_one` too)."""
     connection = session.connection()
     if connection.dialect.name != "postgresql":  # SQLite has no UPDATE inside WITH
         events = _swapped(session, statement, delivery_id, source, target, detail, values, where)
         if events:
             connection.execute(_EVENT, events)
         return bool(events)
-    now = utcnow()
-    columns = {"status": target, "updated_at": now, **values}
+    columns = _columns(target, values, utcnow())
     params = {"id_": delivery_id, "source": source, "detail": detail, **where, **columns}
     both = _with_event(statement, tuple(sorted(columns)))
     if connection.execute(both, params).first() is None:
@@ -271,13 +270,18 @@ def _swapped(
     """SQLite: run a compare-and-swap statement; the Event to write for it, [] if it missed
     (the caller writes the Events of a turn in one INSERT)."""
     now = utcnow()
-    columns = {"status": target, "updated_at": now, **values}
+    columns = _columns(target, values, now)
     params = {"id_": delivery_id, "source": source, **where, **columns}
     row = session.connection().execute(statement, params).first()
     if row is None:
         return []
     expire_loaded(session, delivery_id, [*columns, "attempts"])  # attempts: a claim counts one
     return [_event(row.campaign_id, delivery_id, source, target, detail, now)]
+
+
+def _columns(target: Status, values: Mapping[str, Any], now: datetime) -> dict[str, Any]:
+    """What a transition sets: the new status, when, and the caller's further columns."""
+    return {"status": target, "updated_at": now, **values}
 
 
 def _event(
@@ -311,7 +315,7 @@ def transition_many(
     On PostgreSQL each chunk and its Events are one statement (as `_move`)."""
     check_allowed(source, target)
     now = utcnow()
-    columns = {"status": target, "updated_at": now, **values}
+    columns = _columns(target, values, now)
     params = {"source": source, **columns}
     connection = session.connection()
     moved: list[int] = []
@@ -443,7 +447,7 @@ def _claim_in_one(
 ) -> bool:
     """PostgreSQL: `claim` as one statement (`_claim_with_all`)."""
     now = utcnow()
-    columns = {"status": Status.SENDING, "updated_at": now, **values}
+    columns = _columns(Status.SENDING, values, now)
     params = {"id_": delivery_id, "source": Status.QUEUED, **where}
     params |= {f"c_{name}": value for name, value in columns.items()}
     params |= {"c_source": Status.QUEUED, "c_detail": ""}
@@ -454,7 +458,7 @@ def _claim_in_one(
     }
     settled: tuple[str, ...] | None = None
     if after is not None:
-        verdict = {"status": after.target, "updated_at": now, **after.values}
+        verdict = _columns(after.target, after.values, now)
         settled = tuple(sorted(verdict))
         params |= {f"v_{name}": value for name, value in verdict.items()}
         params |= {"v_id_": after.delivery_id, "v_source": after.source, "v_detail": after.detail}
