@@ -13,9 +13,9 @@ transition the table below does not allow raises TransitionError before touching
        ├──> failed                      (its PDF letter cannot be rendered)
        └──> printed ──> posted          (letters by post: a print pack, then the team posts it)
 
-`sending` is the uncertain window: committed before the message's DATA, left for `sent` (or
-another outcome) before the next DATA on the same connection. Where it goes is a `Verdict`,
-decided at the server's answer and written with the next claim (`claim(..., after=)`).
+`sending` is the uncertain window: committed before the message's content goes out, left for
+`sent` (or another outcome) before the next content on the same connection. Where it goes is a
+`Verdict`, decided at the server's answer and written with the next claim (`claim(after=)`).
 """
 
 from __future__ import annotations
@@ -398,7 +398,7 @@ def claim(
     attachments: Sequence[tuple[str, str]] = (),
     after: Verdict | None = None,
 ) -> bool:
-    """Take a queued delivery for sending, the attempt counted before the DATA goes out. Given
+    """Take a queued delivery for sending, the attempt counted before the content goes out. Given
     the `address` it goes to (the send loop), only while its campaign runs and the address is
     not on the suppression list, checked in the same statement: no query of its own for that
     per message (`sending._refusal` tells why, when a claim misses). `kept`: the message's

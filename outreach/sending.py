@@ -5,7 +5,7 @@ fails TLS pauses the campaign (the circuit breaker) instead of burning attempts.
 delivery: take a token from the shared rate limit, prepare its message while it is still
 `queued` (or reuse what was kept on an earlier attempt), claim it (`queued -> sending`, only
 while its campaign runs and its address is not suppressed, committed together with the kept
-message), send it, and commit the result before the next message's DATA. So at most one
+message), send it, and commit the result before the next message's content. So at most one
 message per connection is ever in the uncertain window, and a worker that dies there leaves a
 `sending` row that recovery turns into `unknown` instead of sending it twice.
 
@@ -13,6 +13,14 @@ A message's outcome (a `deliveries.Verdict`) is decided when the server answers 
 the next claim, after the next message is prepared: the write transaction then spans a few
 statements, not a render, which matters on SQLite, where it holds the one write lock the other
 workers wait on; on PostgreSQL the verdict, the claim and their Events are one statement.
+
+The server's answer to a message is read only once the next message's commands have gone out
+behind it (RFC 2920 pipelining, where the server offers it): the answer and the replies to MAIL,
+RCPT and DATA come back in one round trip, where they took two. The next message is claimed
+after that answer, so its claim still carries the last verdict, and its content goes out only
+once the claim is committed; a claim that misses drops the connection (the server then waits
+for content no one will send, and closing is the one way to end that with no message). With
+nothing owed (a batch's first message, or after a miss) the claim comes first, as before.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from outreach.errors import (
     ConfigError,
     OutreachError,
     PermanentSmtpError,
+    SmtpError,
     TransientSmtpError,
     UncertainSmtpError,
 )
@@ -51,7 +60,7 @@ from outreach.messages import (
     store_attachments,
 )
 from outreach.models import Campaign, CampaignState, Channel, Delivery, Event, Status, utcnow
-from outreach.smtp import Transport
+from outreach.smtp import Refused, Transport, classify
 from outreach.throttle import Limits, Throttle, acquire
 
 log = logging.getLogger("outreach.sending")
@@ -91,6 +100,19 @@ class Sender:
     throttle: Throttle
 
 
+@dataclass(frozen=True)
+class _Owed:
+    """A message whose content went out and whose answer the server still owes."""
+
+    delivery: Delivery
+    attempt: int
+    refused: Refused
+
+
+Held = Verdict | _Owed | None
+"""The last message's outcome, not yet written: its verdict, or the message until it is answered."""
+
+
 def _settle(session: Session, last: Verdict | None) -> None:
     """Write the last message's verdict, if one is held back."""
     if last is not None:
@@ -112,8 +134,8 @@ def send_batch(
 
     One session for the batch, loaded in one query. Each message's outcome is written and
     committed with the next message's claim (one commit per message, both on disk before the
-    next DATA), and at once when the rate limit may make the worker wait: no write waits on a
-    token. Every write is in a `db.write_turn`, which ends with its commit."""
+    next message's content), and at once when the rate limit may make the worker wait: no write
+    waits on a token. Every write is in a `db.write_turn`, which ends with its commit."""
     outcome: Counter[str] = Counter()
     try:
         sender.transport.open()
@@ -124,7 +146,7 @@ def send_batch(
         return outcome
     with _one_connection(sessions) as session:
         batch = _load(session, delivery_ids)
-        last: Verdict | None = None  # the last message's outcome, not yet written
+        held: Held = None
         limits_of: dict[int, Limits] = {}  # per campaign, as loaded with the batch
         for position, delivery in enumerate(batch):
             if delivery.status != Status.QUEUED:
@@ -135,17 +157,18 @@ def send_batch(
                 limits = account_limits(sender.settings).tighter(delivery.campaign.rate)
                 limits_of[delivery.campaign_id] = limits
             if not limits.unlimited:
+                last = _decided(session, held, sender, outcome)
                 with db.write_turn(session):
                     _settle(session, last)
-                last = None
+                held = None
                 if not _take_token(limits, sender):
                     rest = [d.id for d in batch[position:]]
                     with db.write_turn(session):
                         _give_back(session, rest, "rate limit reached")
                     outcome["waiting"] += len(rest)
                     break
-            status, last = _send_one(session, delivery, sender, last)
-            outcome[status] += 1
+            held = _send_one(session, delivery, sender, held, outcome)
+        last = _decided(session, held, sender, outcome)
         with db.write_turn(session):
             _settle(session, last)
     return outcome
@@ -219,10 +242,10 @@ def _give_back(session: Session, delivery_ids: Sequence[int], reason: str) -> No
 
 
 def _send_one(
-    session: Session, delivery: Delivery, sender: Sender, last: Verdict | None
-) -> tuple[str, Verdict | None]:
-    """One message: prepare, claim (or refuse) with the `last` verdict and commit, send; this
-    message's verdict is returned unwritten, for the next claim (or the batch's end) to write."""
+    session: Session, delivery: Delivery, sender: Sender, held: Held, outcome: Counter[str]
+) -> Held:
+    """One message: prepare it; claim it with what `held` came to, and commit; hand it to the
+    server. Returns what is held for the next claim to write."""
     delivery_id = delivery.id
     spec = kept_spec(delivery)
     fresh = spec is None
@@ -241,17 +264,25 @@ def _send_one(
         data = compose(spec)
         rcpts = envelope_recipients(spec, delivery.campaign.bcc)
     except OutreachError as exc:  # nothing of this delivery is written yet
+        last = _decided(session, held, sender, outcome)
         with db.write_turn(session):
             _settle(session, last)
             status = _refuse(session, delivery)
             if status is None:
                 deliveries.mark_failed(session, delivery_id, str(exc), source=Status.QUEUED)
-        return status or Status.FAILED, None
+        outcome[status or Status.FAILED] += 1
+        return None
     # This attempt's number, read before the claim: the claim also increments
     # `delivery.attempts`, so reading it afterwards would count one too many.
     attempt = delivery.attempts + 1
     kept = kept_columns(spec) if fresh else None
-    with db.write_turn(session):  # its commit opens the uncertain window, before the DATA
+    transport, settings = sender.transport, sender.settings
+    envelope = {"sender": tracking.return_path(delivery, settings), "recipients": rcpts}
+    ahead = isinstance(held, _Owed)  # this message's commands go out before that answer
+    if ahead:
+        transport.begin(**envelope, data=data, smtputf8=settings.smtp_utf8)
+    last = _decided(session, held, sender, outcome)
+    with db.write_turn(session):  # its commit opens the uncertain window, before the content
         claimed = deliveries.claim(
             session,
             delivery_id,
@@ -261,9 +292,19 @@ def _send_one(
             after=last,
         )
         refused = None if claimed else _refuse(session, delivery)
-    if not claimed:
-        return refused or "skipped", None  # nothing of ours to undo
-    return _deliver(session, delivery, attempt, rcpts, data, sender)
+    if not claimed:  # nothing of ours to undo
+        if ahead:
+            transport.abort()
+        outcome[refused or "skipped"] += 1
+        return None
+    if not ahead:
+        transport.begin(**envelope, data=data, smtputf8=settings.smtp_utf8)
+    try:
+        refused_rcpts = transport.ready()
+        transport.transmit()
+    except (SmtpError, ConfigError) as exc:  # nothing was sent
+        return _failure(session, delivery_id, attempt, exc, settings)
+    return _Owed(delivery, attempt, refused_rcpts)
 
 
 def _refuse(session: Session, delivery: Delivery) -> Status | None:
@@ -291,45 +332,53 @@ def _refusal(session: Session, delivery: Delivery) -> tuple[Status, str] | None:
     return None
 
 
-def _deliver(
-    session: Session,
-    delivery: Delivery,
-    attempts: int,
-    rcpts: list[str],
-    data: bytes,
-    sender: Sender,
-) -> tuple[str, Verdict]:
-    """Hand the message to the server; what it said, and the verdict that records it."""
-    delivery_id, settings = delivery.id, sender.settings
-    try:
-        refused = sender.transport.send(
-            sender=tracking.return_path(delivery, settings),
-            recipients=rcpts,
-            data=data,
-            smtputf8=settings.smtp_utf8,
-        )
-    except PermanentSmtpError as exc:
-        return Status.FAILED, deliveries.failed(delivery_id, str(exc))
-    except UncertainSmtpError as exc:  # never retried without an operator: no second letter
-        return Status.UNKNOWN, deliveries.unknown(delivery_id, str(exc))
-    except (TransientSmtpError, ConfigError) as exc:  # nothing was sent; a fixed setting helps
-        return _defer(session, delivery_id, attempts, str(exc), settings)
-    address = delivery.address
-    mine = next((r for a, r in refused.items() if a.lower() == address.lower()), None)
+def _decided(
+    session: Session, held: Held, sender: Sender, outcome: Counter[str]
+) -> Verdict | None:
+    """The verdict `held` comes to, reading the server's answer if it is still owed; each
+    verdict is counted in `outcome` here, once."""
+    if isinstance(held, _Owed):
+        try:
+            sender.transport.answer()
+        except (SmtpError, ConfigError) as exc:
+            held = _failure(session, held.delivery.id, held.attempt, exc, sender.settings)
+        else:
+            held = _accepted(session, held, sender.settings)
+    if held is not None:
+        outcome[held.target] += 1
+    return held
+
+
+def _accepted(session: Session, owed: _Owed, settings: Settings) -> Verdict:
+    """The server took the message: sent, unless it refused the delivery's own address while
+    other recipients of the message (the archive Bcc) accepted it."""
+    delivery_id, address = owed.delivery.id, owed.delivery.address
+    mine = next((r for a, r in owed.refused.items() if a.lower() == address.lower()), None)
     if mine is not None:
         code, text = mine
         reason = f"{code} {text} (refused {address}; other recipients of the message accepted)"
-        if 400 <= code < 500:
-            return _defer(session, delivery_id, attempts, reason, settings)
-        return Status.FAILED, deliveries.failed(delivery_id, reason)
-    others = ", ".join(f"{a}: {c} {t}" for a, (c, t) in refused.items())
+        return _failure(session, delivery_id, owed.attempt, classify(code)(reason), settings)
+    others = ", ".join(f"{a}: {c} {t}" for a, (c, t) in owed.refused.items())
     reply = f"accepted; also refused {others}" if others else "accepted"
-    return Status.SENT, deliveries.sent(delivery_id, reply, at=utcnow())
+    return deliveries.sent(delivery_id, reply, at=utcnow())
+
+
+def _failure(
+    session: Session, delivery_id: int, attempts: int, exc: OutreachError, settings: Settings
+) -> Verdict:
+    """What a message the server did not take comes to: failed if it never will, unknown if it
+    may have taken it after all (never retried without an operator: no second letter), else
+    deferred (a transient refusal, a lost connection, a setting to fix)."""
+    if isinstance(exc, PermanentSmtpError):
+        return deliveries.failed(delivery_id, str(exc))
+    if isinstance(exc, UncertainSmtpError):
+        return deliveries.unknown(delivery_id, str(exc))
+    return _defer(session, delivery_id, attempts, str(exc), settings)
 
 
 def _defer(
     session: Session, delivery_id: int, attempts: int, reason: str, settings: Settings
-) -> tuple[str, Verdict]:
+) -> Verdict:
     """A transient failure: try again later, unless out of attempts or too old (as an MTA)."""
     first = session.scalar(
         select(func.min(Event.created_at)).where(
@@ -339,6 +388,6 @@ def _defer(
     age = utcnow() - first if first else timedelta(0)
     if attempts >= settings.max_attempts or age > timedelta(hours=settings.max_age_hours):
         why = f"{attempts} attempts over {age.total_seconds() / 3600:.1f} h"
-        return Status.FAILED, deliveries.failed(delivery_id, f"{reason}; gave up after {why}")
+        return deliveries.failed(delivery_id, f"{reason}; gave up after {why}")
     retry_at = utcnow() + retry_delay(attempts, settings)
-    return Status.DEFERRED, deliveries.deferred(delivery_id, reason, retry_at)
+    return deliveries.deferred(delivery_id, reason, retry_at)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import smtplib
 import ssl
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal, Protocol, Self, cast, get_args
@@ -45,13 +46,24 @@ Refused = dict[str, tuple[int, str]]
 
 
 class Transport(Protocol):
-    """What the send loop needs of an SMTP connection (a narrow face, for other transports)."""
-
-    def send(
-        self, *, sender: str, recipients: list[str], data: bytes, smtputf8: bool = False
-    ) -> Refused: ...
+    """What the send loop needs of an SMTP connection (a narrow face, for other transports): a
+    message in phases, so that the next message's commands can go out before the last one's
+    reply is read. Per message: `begin`, `ready`, `transmit`, then `answer` (before the next
+    message's `ready`) or `abort` instead of `ready`."""
 
     def open(self) -> None: ...
+
+    def begin(
+        self, *, sender: str, recipients: list[str], data: bytes, smtputf8: bool = False
+    ) -> None: ...
+
+    def answer(self) -> None: ...
+
+    def ready(self) -> Refused: ...
+
+    def transmit(self) -> None: ...
+
+    def abort(self) -> None: ...
 
     def close(self) -> None: ...
 
@@ -95,6 +107,8 @@ class SmtpClient:
         self._timeout, self._local_hostname = timeout, local_hostname
         self._tls = None if security == "plain" else _tls_context(ca_bundle)
         self._conn: smtplib.SMTP | None = None
+        self._begun: _Begun | None = None  # the message between `begin` and `transmit`
+        self._owed_size: int | None = None  # the size of a message whose answer is owed
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SmtpClient:
@@ -130,32 +144,14 @@ class SmtpClient:
     def send(
         self, *, sender: str, recipients: list[str], data: bytes, smtputf8: bool = False
     ) -> Refused:
-        """Send one message. Returns the recipients refused while others accepted it: the caller
-        must fail those deliveries. Raises an SmtpError when no recipient got it."""
-        if not recipients:
-            raise ValueError("a message needs at least one recipient")
-        options = ["SMTPUTF8"] if smtputf8 else []
-        try:
-            try:
-                raw = self._transaction(self._connection(), sender, recipients, data, options)
-            except _StaleConnection:
-                log.debug("%s: connection closed by the server meanwhile; reconnecting", self.where)
-                self._discard()
-                raw = self._transaction(self._connection(), sender, recipients, data, options)
-        except (OSError, UnicodeEncodeError) as exc:  # smtplib's errors are OSErrors
-            error = self._send_error(exc)
-            log.debug("%s: message from %s not sent: %s", self.where, sender, error)
-            raise error from exc
-        refused = {addr: (code, _text(reply)) for addr, (code, reply) in raw.items()}
-        log.debug(
-            "%s: message from %s (%d bytes) accepted for %d of %d recipient(s); refused: %s",
-            self.where,
-            sender,
-            len(data),
-            len(recipients) - len(refused),
-            len(recipients),
-            refused or "none",
-        )
+        """Send one message and wait for its answer: the phases below in one call. Returns the
+        recipients refused while others accepted it: the caller must fail those deliveries.
+        Raises an SmtpError when no recipient got it."""
+        self.answer()  # whatever an earlier `transmit` still owes
+        self.begin(sender=sender, recipients=recipients, data=data, smtputf8=smtputf8)
+        refused = self.ready()
+        self.transmit()
+        self.answer()
         return refused
 
     def open(self) -> None:
@@ -163,45 +159,34 @@ class SmtpClient:
         (421, a bad certificate) is found out while nothing is in the uncertain window."""
         self._connection()
 
-    def _transaction(
-        self,
-        conn: smtplib.SMTP,
-        sender: str,
-        recipients: list[str],
-        data: bytes,
-        options: list[str],
-    ) -> dict[str, tuple[int, bytes]]:
-        """smtplib's sendmail, step by step, so that a silence after the final dot (the message
-        may have been accepted) is told apart from every failure before it (it was not)."""
-        conn.ehlo_or_helo_if_needed()
-        if conn.does_esmtp and conn.has_extn("size"):
-            options = [*options, f"size={len(data)}"]
-        commands = _commands(conn, sender, recipients, options)
+    def begin(
+        self, *, sender: str, recipients: list[str], data: bytes, smtputf8: bool = False
+    ) -> None:
+        """Start a message. With PIPELINING its MAIL, RCPT and DATA go out now, behind the last
+        message's content if its reply is still owed: content may open a group of pipelined
+        commands (RFC 2920, 3.1), so the server's answer to the last message and its replies
+        to this one come back in one round trip. Nothing of this message reaches anyone before
+        `transmit`; what goes wrong here is raised by `ready`."""
+        if not recipients:
+            raise ValueError("a message needs at least one recipient")
+        options = ["SMTPUTF8"] if smtputf8 else []
+        self._begun = _Begun(sender, list(recipients), data, options)
+        if self._conn is not None:
+            try:
+                self._start(self._conn, self._begun)
+            except (OSError, UnicodeEncodeError):
+                self._begun.replies = None  # `ready` starts again, and meets the error itself
+
+    def answer(self) -> None:
+        """Read the server's answer to the last message's content, if it is still owed: returns
+        if the message was accepted, raises a Permanent or TransientSmtpError if it was refused,
+        and an UncertainSmtpError if the connection failed first (it may have been accepted)."""
+        size, self._owed_size, conn = self._owed_size, None, self._conn
+        if size is None:
+            return
         try:
-            replies = _Replies(conn, commands)
-            code, reply = replies.next()
-        except smtplib.SMTPServerDisconnected as exc:
-            raise _StaleConnection from exc
-        if code != 250:
-            replies.abandon(code)
-            raise smtplib.SMTPSenderRefused(code, reply, sender)
-        refused: dict[str, tuple[int, bytes]] = {}
-        for recipient in recipients:
-            code, reply = replies.next()
-            if code not in (250, 251):
-                refused[recipient] = (code, reply)
-            if code == 421:
-                replies.abandon(code)
-                raise smtplib.SMTPRecipientsRefused(refused)
-        if len(refused) == len(recipients):
-            replies.abandon(0)
-            raise smtplib.SMTPRecipientsRefused(refused)
-        code, reply = replies.next()
-        if code != 354:
-            replies.abandon(code)
-            raise smtplib.SMTPDataError(code, reply)
-        conn.send(_dot_stuffed(data) + (b"" if data.endswith(b"\r\n") else b"\r\n") + b".\r\n")
-        try:
+            if conn is None:
+                raise smtplib.SMTPServerDisconnected("the connection was closed")
             code, reply = conn.getreply()
         except OSError as exc:  # SMTPServerDisconnected, a timeout, a reset
             self._discard()
@@ -209,8 +194,103 @@ class SmtpClient:
                 f"{self.where}: no reply after the message was sent ({exc}); it may have been "
                 "accepted"
             ) from exc
+        if code != 250:  # the transaction is over whatever the code: no RSET
+            if code == 421:
+                self._discard()
+            raise self._reply_error("message refused", code, reply)
+        log.debug("%s: message of %d bytes accepted", self.where, size)
+
+    def ready(self) -> Refused:
+        """The server's replies to the begun message's commands: the recipients it refused
+        while it accepted others, the server then waiting for the content. Raises an SmtpError
+        when the message cannot go (nothing of it was sent). On a connection the server closed
+        meanwhile, the commands go once more over a new one."""
+        begun = self._begun
+        if begun is None:
+            raise RuntimeError("ready() without begin()")
+        try:
+            try:
+                raw = self._accepted(begun)
+            except _StaleConnection:
+                log.debug("%s: connection closed by the server meanwhile; reconnecting", self.where)
+                self._discard()
+                raw = self._accepted(begun)
+        except (OSError, UnicodeEncodeError) as exc:  # smtplib's errors are OSErrors
+            self._begun = None
+            error = self._send_error(exc)
+            log.debug("%s: message from %s not sent: %s", self.where, begun.sender, error)
+            raise error from exc
+        refused = {addr: (code, _text(reply)) for addr, (code, reply) in raw.items()}
+        log.debug(
+            "%s: message from %s: %d of %d recipient(s) accepted; refused: %s",
+            self.where,
+            begun.sender,
+            len(begun.recipients) - len(refused),
+            len(begun.recipients),
+            refused or "none",
+        )
+        return refused
+
+    def transmit(self) -> None:
+        """Send the content of the message `ready` accepted, and its final dot: from here it may
+        be delivered. Its answer is owed to `answer`, which may come after the next `begin`."""
+        begun, self._begun = self._begun, None
+        if begun is None or self._conn is None:
+            raise RuntimeError("transmit() without ready()")
+        data = begun.data
+        ending = b".\r\n" if data.endswith(b"\r\n") else b"\r\n.\r\n"
+        try:
+            self._conn.send(_dot_stuffed(data) + ending)
+        except OSError as exc:  # the final dot not sent: the server takes nothing from it
+            error = self._send_error(exc)
+            raise error from exc
+        self._owed_size = len(data)
+
+    def abort(self) -> None:
+        """Drop the begun message without its content. Once its DATA has gone out, only closing
+        the connection ends the transaction with no message (RFC 5321, 3.3): the next message
+        opens another."""
+        begun, self._begun = self._begun, None
+        if begun is not None and begun.replies is not None and begun.replies.ahead:
+            self._discard()
+
+    def _start(self, conn: smtplib.SMTP, begun: _Begun) -> None:
+        """The begun message's commands, pipelined when the server offers it."""
+        conn.ehlo_or_helo_if_needed()
+        options = begun.options
+        if conn.does_esmtp and conn.has_extn("size"):
+            options = [*options, f"size={len(begun.data)}"]
+        begun.replies = _Replies(conn, _commands(conn, begun.sender, begun.recipients, options))
+
+    def _accepted(self, begun: _Begun) -> dict[str, tuple[int, bytes]]:
+        """smtplib's sendmail up to the content, step by step: every failure here is before
+        anything of the message was sent."""
+        conn = self._connection()
+        replies = begun.replies
+        try:
+            if replies is None or replies.conn is not conn:  # not started, or on a lost one
+                self._start(conn, begun)
+                replies = cast(_Replies, begun.replies)
+            code, reply = replies.next()
+        except (smtplib.SMTPServerDisconnected, ConnectionError) as exc:
+            raise _StaleConnection from exc
         if code != 250:
-            _abandon(conn, code)
+            replies.abandon(code)
+            raise smtplib.SMTPSenderRefused(code, reply, begun.sender)
+        refused: dict[str, tuple[int, bytes]] = {}
+        for recipient in begun.recipients:
+            code, reply = replies.next()
+            if code not in (250, 251):
+                refused[recipient] = (code, reply)
+            if code == 421:
+                replies.abandon(code)
+                raise smtplib.SMTPRecipientsRefused(refused)
+        if len(refused) == len(begun.recipients):
+            replies.abandon(0)
+            raise smtplib.SMTPRecipientsRefused(refused)
+        code, reply = replies.next()
+        if code != 354:
+            replies.abandon(code)
             raise smtplib.SMTPDataError(code, reply)
         return refused
 
@@ -348,39 +428,50 @@ def _commands(
     return [mail, *(f"rcpt TO:{smtplib.quoteaddr(r)}" for r in recipients), "data"]
 
 
+@dataclass
+class _Begun:
+    """A message between `begin` and `transmit`; `replies` once its commands are started."""
+
+    sender: str
+    recipients: list[str]
+    data: bytes
+    options: list[str]
+    replies: _Replies | None = None
+
+
 class _Replies:
     """The replies to a transaction's commands, in order. With PIPELINING (RFC 2920), when
-    the server offers it, the commands go in one write and the replies are read after it: one
-    round trip where there were two plus one a recipient (the DATA reply, 354 or a refusal
-    after refused recipients, still decides whether the message goes). Without it, each
-    command is sent when its reply is asked for."""
+    the server offers it, the commands go in one write (`ahead`) and the replies are read after
+    it: one round trip where there were two plus one a recipient (the DATA reply, 354 or a
+    refusal after refused recipients, still decides whether the message goes). Without it,
+    each command is sent when its reply is asked for."""
 
     def __init__(self, conn: smtplib.SMTP, commands: list[str]) -> None:
         for command in commands:
             if "\r" in command or "\n" in command:  # smtplib's own check, for one write
                 raise ValueError(f"a line break in an SMTP command: {command!r}")
-        self._conn, self._commands, self._asked = conn, commands, 0
-        self._pipelined = conn.does_esmtp and conn.has_extn("pipelining")
-        if self._pipelined:
+        self.conn, self._commands, self._asked = conn, commands, 0
+        self.ahead = conn.does_esmtp and conn.has_extn("pipelining")
+        if self.ahead:
             conn.send("".join(f"{c}\r\n" for c in commands))
 
     def next(self) -> tuple[int, bytes]:
         """The reply to the next command (sending it first, if not pipelined)."""
         command = self._commands[self._asked]
         self._asked += 1
-        if not self._pipelined:
-            self._conn.putcmd(command)
-        return self._conn.getreply()
+        if not self.ahead:
+            self.conn.putcmd(command)
+        return self.conn.getreply()
 
     def abandon(self, code: int) -> None:
         """End the transaction: read the replies to what was sent ahead (a DATA the server
         accepted nonetheless gets an empty message, as RFC 2920 asks), then `_abandon`."""
-        if self._pipelined and code != 421:
+        if self.ahead and code != 421:
             while self._asked < len(self._commands):
                 if self.next()[0] == 354:  # only DATA is answered 354
-                    self._conn.send(b".\r\n")
-                    self._conn.getreply()
-        _abandon(self._conn, code)
+                    self.conn.send(b".\r\n")
+                    self.conn.getreply()
+        _abandon(self.conn, code)
 
 
 def _abandon(conn: smtplib.SMTP, code: int) -> None:

@@ -8,7 +8,8 @@ has arrived and before it replies (`on_data`: e.g. kill the client in its uncert
 Optionally TLS (STARTTLS or implicit) with a
 certificate from a test CA (trustme), and AUTH with USERNAME and PASSWORD. It offers
 PIPELINING (RFC 2920) as real servers do, unless started with `pipelining=False`, and notes
-for each MAIL whether the commands after it had already arrived (`ahead_of_mail`).
+for each MAIL whether the commands after it had already arrived (`ahead_of_mail`), and for each
+message whether the client had sent more before its answer (`ahead_of_answer`).
 
 Fixtures: `smtp_pki` (session), `smtp_server` (plain, no AUTH) and `tls_smtp_server` (a factory).
 """
@@ -110,16 +111,21 @@ class RecordingServer:
         port: int = 0,
         pipelining: bool = True,
         data_after_refusals: bool = False,
+        answer_delay: float = 0.0,
     ) -> None:
         """`data_after_refusals`: answer DATA with 354 even when every recipient was refused,
         as RFC 2920 lets a pipelining server do; what the client then sends up to the final dot
-        is kept in `sent_after_refusals` and refused."""
+        is kept in `sent_after_refusals` and refused. `answer_delay`: seconds to wait after a
+        message's final dot before answering it (then `ahead_of_answer` tells, per message,
+        whether the client's next commands had arrived in that time)."""
         if security != "plain" and pki is None:
             raise ValueError(f"a {security} server needs a Pki")
         self.host, self.port = "127.0.0.1", port  # 0: a free port, known once started
         self.security, self.auth, self.pki = security, auth, pki
         self.pipelining = pipelining
         self.ahead_of_mail: list[bool] = []  # per MAIL: were later commands already read?
+        self.answer_delay = answer_delay
+        self.ahead_of_answer: list[bool] = []  # per message: was more there before its answer?
         self.sent_after_refusals: list[bytes] | None = [] if data_after_refusals else None
         self.connections = 0
         self.logins: list[tuple[str, bool]] = []  # (login, accepted) for every AUTH attempt
@@ -377,6 +383,9 @@ class _Handler:
         return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self.owner.answer_delay:
+            await asyncio.sleep(self.owner.answer_delay)
+        self.owner.ahead_of_answer.append(bool(server._reader._buffer))  # type: ignore[attr-defined]
         hook = self.owner._take_hook(envelope.rcpt_tos)
         if hook is not None:
             reply = hook.callback(session.peer)

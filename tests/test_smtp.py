@@ -156,6 +156,83 @@ def test_commands_pipelined_only_when_offered(smtp_server: RecordingServer) -> N
     assert smtp_server.messages[0].data == MESSAGE  # its leading dot stuffed and unstuffed
 
 
+def start(client: SmtpClient, *recipients: str) -> None:
+    """A message begun, accepted and its content sent; its answer left owed."""
+    client.begin(sender=SENDER, recipients=list(recipients or [TO]), data=MESSAGE)
+    assert client.ready() == {}
+    client.transmit()
+
+
+def test_next_commands_go_out_behind_the_content_before_its_answer(
+    smtp_server: RecordingServer,
+) -> None:
+    """The next message's MAIL, RCPT and DATA follow the last one's final dot without waiting
+    for its answer (RFC 2920: content may open a group): one round trip a message."""
+    smtp_server.answer_delay = 0.3
+    with client_for(smtp_server) as client:
+        start(client, TO)
+        client.begin(sender=SENDER, recipients=[OTHER], data=MESSAGE)
+        client.answer()
+        assert client.ready() == {}
+        client.transmit()
+        client.answer()
+    assert smtp_server.ahead_of_answer == [smtp_server.pipelining, False]
+    assert [m.rcpt_tos for m in smtp_server.messages] == [[TO], [OTHER]]
+    assert smtp_server.connections == 1
+
+
+def test_a_message_begun_then_aborted_sends_nothing_of_it(smtp_server: RecordingServer) -> None:
+    """A message begun behind another, then dropped (the send loop's claim missed): nothing of
+    it reaches anyone. With its DATA already answered 354, only closing the connection ends
+    it; the next message opens another."""
+    with client_for(smtp_server) as client:
+        start(client, TO)
+        client.begin(sender=SENDER, recipients=[OTHER], data=MESSAGE)
+        client.answer()
+        client.abort()
+        assert send(client) == {}
+    assert [m.rcpt_tos for m in smtp_server.messages] == [[TO], [TO]]
+    assert smtp_server.connections == (2 if smtp_server.pipelining else 1)
+
+
+def test_silence_after_the_dot_with_the_next_message_begun(smtp_server: RecordingServer) -> None:
+    """The server hangs up instead of answering the first message, after the second one's
+    commands went out: the first is uncertain, the second goes over a new connection."""
+    smtp_server.drop_at_data(TO, times=1)
+    with client_for(smtp_server) as client:
+        start(client, TO)
+        client.begin(sender=SENDER, recipients=[OTHER], data=MESSAGE)
+        with pytest.raises(UncertainSmtpError, match="may have been accepted"):
+            client.answer()
+        assert client.ready() == {}
+        client.transmit()
+        client.answer()
+    assert [m.rcpt_tos for m in smtp_server.messages] == [[OTHER]]
+    assert smtp_server.connections == 2
+
+
+@pytest.mark.parametrize(
+    ("code", "error", "connections"),
+    [(554, PermanentSmtpError, 1), (451, TransientSmtpError, 1), (421, TransientSmtpError, 2)],
+)
+def test_content_refused_with_the_next_message_begun(
+    smtp_server: RecordingServer, code: int, error: type[Exception], connections: int
+) -> None:
+    """A refusal of the content ends its transaction, not the next one already begun: no RSET
+    after it (which would reset the next); after a 421 the next goes over a new connection."""
+    smtp_server.fail_data(TO, code, "said the server", times=1)
+    with client_for(smtp_server) as client:
+        start(client, TO)
+        client.begin(sender=SENDER, recipients=[OTHER], data=MESSAGE)
+        with pytest.raises(error, match=f"{code} said the server"):
+            client.answer()
+        assert client.ready() == {}
+        client.transmit()
+        client.answer()
+    assert [m.rcpt_tos for m in smtp_server.messages] == [[OTHER]]
+    assert smtp_server.connections == connections
+
+
 def test_one_recipient_refused_the_other_gets_it(smtp_server: RecordingServer) -> None:
     smtp_server.fail_rcpt(OTHER, 550, "5.1.1 No such mailbox here")
     with client_for(smtp_server) as client:

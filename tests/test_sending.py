@@ -1,0 +1,122 @@
+"""The send loop in process (`sending.send_batch`, as the task runs it) against a real SMTP
+server, both databases: each message's answer read after the next one's commands went out, and
+what becomes of a message when the claim misses or the answer goes wrong in that overlap."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from outreach import campaigns, db, dispatch, registry, sending, suppression
+from outreach.config import Settings, load_settings
+from outreach.models import Delivery, Status
+from outreach.smtp import SmtpClient
+from outreach.throttle import LocalThrottle
+from tests.smtpd import RecordingServer
+
+RECIPIENTS = Path(__file__).resolve().parents[1] / "templates/open_letter/recipients.csv"
+MONDAY_NOON = datetime(2026, 12, 7, 11, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def queued(database_url: str, tmp_path: Path) -> list[tuple[int, str]]:
+    """The model letter's four email deliveries, queued by the dispatcher: (id, address)."""
+    template = tmp_path / "letter"
+    template.mkdir()
+    (template / "letter.toml").write_text('subject = "An open letter"\n')
+    (template / "body.txt").write_text("{{ salutation }},\n\nWe write to you.\n")
+    settings = load_settings()
+    with db.session_scope(database_url) as session:
+        registry.import_file(session, RECIPIENTS, settings=settings)
+        campaign = campaigns.create_campaign(
+            session, name="c", template_dir=template, sender="S <s@example.org>",
+            to=["tag:principal"], cc=["tag:cc"], letter_date=date(2017, 11, 7),
+        )  # fmt: skip
+        campaigns.schedule(session, campaign, settings, at=MONDAY_NOON)
+    with db.session_scope(database_url) as session:
+        tick = dispatch.tick(session, settings, MONDAY_NOON)
+    ids = [i for batch in tick.batches for i in batch]
+    with db.session_scope(database_url) as session:
+        query = select(Delivery.id, Delivery.address).where(Delivery.id.in_(ids))
+        address = {i: a for i, a in session.execute(query)}
+    assert len(ids) == 4
+    return [(i, address[i]) for i in ids]
+
+
+def send(url: str, server: RecordingServer, ids: list[int]) -> Counter[str]:
+    settings: Settings = load_settings(**server.settings_overrides())
+    with SmtpClient.from_settings(settings) as transport:
+        sender = sending.Sender(transport, settings, sending.KitCache(), LocalThrottle())
+        return sending.send_batch(db.session_factory(url), ids, sender)
+
+
+def statuses(url: str) -> dict[str, Status]:
+    with db.session_scope(url) as session:
+        rows = session.scalars(select(Delivery))
+        return {d.address: Status(d.status) for d in rows if d.address}
+
+
+def received(server: RecordingServer) -> list[str]:
+    return [rcpt for m in server.messages for rcpt in m.rcpt_tos]
+
+
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelining", "lockstep"])
+def test_each_answer_is_read_after_the_next_messages_commands(
+    database_url: str, queued: list[tuple[int, str]], pipelining: bool
+) -> None:
+    with RecordingServer(pipelining=pipelining, answer_delay=0.2) as server:
+        outcome = send(database_url, server, [i for i, _ in queued])
+    assert outcome == {Status.SENT: 4}
+    assert received(server) == [a for _, a in queued]
+    assert server.ahead_of_answer == [pipelining] * 3 + [False]  # the last has none behind it
+    assert server.connections == 1
+    assert set(statuses(database_url).values()) == {Status.SENT}
+
+
+def test_a_claim_missed_behind_a_message_sends_nothing_of_it(
+    database_url: str, queued: list[tuple[int, str]]
+) -> None:
+    """The second address is put on the do-not-contact list after it was queued: its commands
+    went out behind the first message, its claim missed, nothing of it reached the server (the
+    connection was closed on its 354) and the rest went over a new connection."""
+    with db.session_scope(database_url) as session:
+        suppression.add(session, queued[1][1], "asked not to be written to")
+    with RecordingServer(answer_delay=0.05) as server:
+        outcome = send(database_url, server, [i for i, _ in queued])
+    assert outcome == {Status.SENT: 3, Status.SUPPRESSED: 1}
+    assert received(server) == [queued[0][1], *(a for _, a in queued[2:])]
+    assert server.connections == 2
+    assert statuses(database_url)[queued[1][1]] == Status.SUPPRESSED
+
+
+def test_no_answer_to_a_message_with_the_next_one_begun(
+    database_url: str, queued: list[tuple[int, str]]
+) -> None:
+    """The server hangs up after the first message's final dot, the second's commands already
+    sent: the first is `unknown` (never sent again by itself), the others go, once each."""
+    with RecordingServer() as server:
+        server.drop_at_data(queued[0][1], times=1)
+        outcome = send(database_url, server, [i for i, _ in queued])
+    assert outcome == {Status.SENT: 3, Status.UNKNOWN: 1}
+    assert received(server) == [a for _, a in queued[1:]]
+    assert statuses(database_url)[queued[0][1]] == Status.UNKNOWN
+
+
+@pytest.mark.parametrize(("code", "status"), [(554, Status.FAILED), (451, Status.DEFERRED)])
+def test_content_refused_with_the_next_message_begun(
+    database_url: str, queued: list[tuple[int, str]], code: int, status: Status
+) -> None:
+    with RecordingServer() as server:
+        server.fail_data(queued[1][1], code, "said the server", times=1)
+        outcome = send(database_url, server, [i for i, _ in queued])
+    assert outcome == {Status.SENT: 3, status: 1}
+    assert received(server) == [queued[0][1], *(a for _, a in queued[2:])]
+    assert server.connections == 1
+    with db.session_scope(database_url) as session:
+        refused = session.get(Delivery, queued[1][0])
+        assert refused is not None and refused.status == status
+        assert f"{code} said the server" in refused.last_error
