@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import smtplib
+import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,7 +188,7 @@ class SmtpClient:
         try:
             if conn is None:
                 raise smtplib.SMTPServerDisconnected("the connection was closed")
-            code, reply = conn.getreply()
+            code, reply = _reply(conn)
         except OSError as exc:  # SMTPServerDisconnected, a timeout, a reset
             self._discard()
             raise UncertainSmtpError(
@@ -350,6 +351,9 @@ class SmtpClient:
         )
 
     def _prepare(self, conn: smtplib.SMTP) -> None:
+        # Without it the next message's commands, a small write behind the content's last
+        # segment, may wait in the kernel for that segment's ACK (Nagle).
+        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn.ehlo_or_helo_if_needed()
         if self.security == "starttls":
             if not conn.has_extn("starttls"):
@@ -461,7 +465,7 @@ class _Replies:
         self._asked += 1
         if not self.ahead:
             self.conn.putcmd(command)
-        return self.conn.getreply()
+        return _reply(self.conn)
 
     def abandon(self, code: int) -> None:
         """End the transaction: read the replies to what was sent ahead (a DATA the server
@@ -470,8 +474,23 @@ class _Replies:
             while self._asked < len(self._commands):
                 if self.next()[0] == 354:  # only DATA is answered 354
                     self.conn.send(b".\r\n")
-                    self.conn.getreply()
+                    _reply(self.conn)
         _abandon(self.conn, code)
+
+
+def _reply(conn: smtplib.SMTP) -> tuple[int, bytes]:
+    """The server's next reply, our ACKs sent at once while we wait for it (Linux's
+    TCP_QUICKACK, which the kernel drops again by itself). A server replies to pipelined
+    commands in small writes, and one that does not set TCP_NODELAY holds the next write until
+    the last is acknowledged (Nagle), which a waiting client delays by up to 40 ms (delayed
+    ACK): measured with smtp-sink, the replies to the commands sent behind a message's content
+    then took 1.3 to 1.9 ms a message, against 0.01 with it."""
+    if _QUICKACK is not None and conn.sock is not None:
+        conn.sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+    return conn.getreply()
+
+
+_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 
 
 def _abandon(conn: smtplib.SMTP, code: int) -> None:
