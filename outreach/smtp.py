@@ -505,8 +505,15 @@ def _abandon(conn: smtplib.SMTP, code: int) -> None:
 
 
 def _dot_stuffed(data: bytes) -> bytes:
-    """A dot that starts a line is doubled (RFC 5321 4.5.2); with `bytes.replace`, since a
-    multiline regular expression takes a millisecond to walk a 140 KB message."""
+    """A dot that starts a line is doubled (RFC 5321 4.5.2). Most messages have none: dots are
+    few (base64 has none), so each is found with `find` and what precedes it checked, 4 us for
+    the benchmark's 140 KB message, where searching for "\\n." takes 97 (a line break every 78
+    bytes defeats the search's skips) and a multiline regular expression a millisecond."""
+    at = data.find(b".")
+    while at > 0 and data[at - 1] != 0x0A:  # not after a line feed
+        at = data.find(b".", at + 1)
+    if at < 0:
+        return data
     stuffed = data.replace(b"\n.", b"\n..")
     return b"." + stuffed if stuffed.startswith(b".") else stuffed
 

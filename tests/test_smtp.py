@@ -156,6 +156,26 @@ def test_commands_pipelined_only_when_offered(smtp_server: RecordingServer) -> N
     assert smtp_server.messages[0].data == MESSAGE  # its leading dot stuffed and unstuffed
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"no dot anywhere\r\n",
+        b"dots.inside.lines only.\r\n",
+        b".\r\n",  # a lone dot would end the message unstuffed
+        b"a line\r\n.\r\nafter the lone dot\r\n",
+        b"..two dots\r\n...three\r\nend.\r\n",
+    ],
+)
+def test_what_arrives_is_what_was_sent_whatever_its_dots(
+    smtp_server: RecordingServer, body: bytes
+) -> None:
+    data = b"Subject: dots\r\n\r\n" + body
+    with client_for(smtp_server) as client:
+        send(client, data=data)
+        send(client, data=body)  # a message that starts with a dot
+    assert [m.data for m in smtp_server.messages] == [data, body]
+
+
 def start(client: SmtpClient, *recipients: str) -> None:
     """A message begun, accepted and its content sent; its answer left owed."""
     client.begin(sender=SENDER, recipients=list(recipients or [TO]), data=MESSAGE)
