@@ -22,6 +22,7 @@ import sys
 import time
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -89,8 +90,19 @@ def profile(url: str, csv_path: Path, args: argparse.Namespace) -> None:
     def commit(*_: object) -> None:
         counts["commits"] += 1
 
-    event.listen(db.get_engine(url), "before_cursor_execute", statement)
-    event.listen(db.get_engine(url), "commit", commit)
+    def traced(sql: str) -> None:  # SQLite: every statement, also those run on its cursor
+        if not sql.startswith(("BEGIN", "COMMIT", "ROLLBACK", "PRAGMA")):
+            statement()
+
+    def checkout(dbapi_connection: Any, *_: object) -> None:
+        dbapi_connection.set_trace_callback(traced)
+
+    engine = db.get_engine(url)
+    if args.db == "sqlite":  # `db.run_on_driver` goes around SQLAlchemy's events
+        event.listen(engine, "checkout", checkout)
+    else:
+        event.listen(engine, "before_cursor_execute", statement)
+    event.listen(engine, "commit", commit)
     kits, throttle = sending.KitCache(), LocalThrottle()
     backends = run.pg_backends(url.rsplit("/", 1)[1]) if args.db == "postgresql" else list
     backend0 = {pid: run.cpu_seconds(pid) or 0.0 for pid in backends()}

@@ -45,7 +45,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from outreach import suppression
+from outreach import db, suppression
 from outreach.errors import InputError, TransitionError
 from outreach.models import (
     Campaign,
@@ -246,7 +246,7 @@ def _move(
     if connection.dialect.name != "postgresql":  # SQLite has no UPDATE inside WITH
         events = _swapped(session, statement, delivery_id, source, target, detail, values, where)
         if events:
-            connection.execute(_EVENT, events)
+            db.run_on_driver(connection, _EVENT, events)
         return bool(events)
     columns = _columns(target, values, utcnow())
     params = {"id_": delivery_id, "source": source, "detail": detail, **where, **columns}
@@ -267,16 +267,19 @@ def _swapped(
     values: Mapping[str, Any],
     where: Mapping[str, Any],
 ) -> list[dict[str, Any]]:
-    """SQLite: run a compare-and-swap statement; the Event to write for it, [] if it missed
-    (the caller writes the Events of a turn in one INSERT)."""
+    """SQLite: run a compare-and-swap statement, on the driver's cursor (`db.run_on_driver`:
+    the send loop's four statements a message took 0.23 ms of CPU through SQLAlchemy's
+    path); the Event to write for it, [] if it missed (the caller writes the Events of a turn
+    in one INSERT)."""
     now = utcnow()
     columns = _columns(target, values, now)
     params = {"id_": delivery_id, "source": source, **where, **columns}
-    row = session.connection().execute(statement, params).first()
-    if row is None:
+    moved = db.run_on_driver(session.connection(), statement, [params])
+    if not moved:
         return []
     expire_loaded(session, delivery_id, [*columns, "attempts"])  # attempts: a claim counts one
-    return [_event(row.campaign_id, delivery_id, source, target, detail, now)]
+    [(campaign_id, _)] = moved  # RETURNING campaign_id, id
+    return [_event(campaign_id, delivery_id, source, target, detail, now)]
 
 
 def _columns(target: Status, values: Mapping[str, Any], now: datetime) -> dict[str, Any]:
@@ -425,13 +428,13 @@ def claim(
     )
     connection = session.connection()  # as _move does
     if events or claimed:
-        connection.execute(_EVENT, events + claimed)
+        db.run_on_driver(connection, _EVENT, events + claimed)
     if claimed and attachments:
         rows = [
             {"delivery_id": delivery_id, "position": position, "sha256": sha256, "filename": name}
             for position, (sha256, name) in enumerate(attachments)
         ]
-        connection.execute(_KEEP_ATTACHMENTS, rows)
+        db.run_on_driver(connection, _KEEP_ATTACHMENTS, rows)
         expire_loaded(session, delivery_id, ["attachments"])
     return bool(claimed)
 

@@ -1,18 +1,20 @@
 """The database module's write turns: committed at their end; on SQLite, taken one process
-at a time in the kernel's queue."""
+at a time in the kernel's queue. Statements run on SQLite's own cursor store what SQLAlchemy's
+path stores."""
 
 from __future__ import annotations
 
 import multiprocessing
 import queue
 import time
+from datetime import UTC, datetime, timedelta
 from multiprocessing.queues import Queue
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import bindparam, insert, select, text, update
 
 from outreach import db
-from outreach.models import Suppression
+from outreach.models import Campaign, Delivery, Event, Recipient, Status, Suppression
 
 
 def _take_turn(url: str, said: Queue[str]) -> None:
@@ -55,3 +57,55 @@ def test_a_turn_commits_at_its_end_and_rolls_back_on_error(database_url: str) ->
             raise RuntimeError("in the middle of a turn")
     with sessions() as reader:
         assert list(reader.scalars(select(Suppression.key))) == ["kept@example.org"]
+
+
+def test_run_on_driver_stores_what_sqlalchemy_stores(sqlite_url: str) -> None:
+    """The send loop's statements on SQLite go around SQLAlchemy's execution: what they store
+    must be what its own path stores, byte for byte (the UTC datetimes' text, JSON, enums),
+    and an UPDATE's RETURNING the same rows."""
+    deliveries, events = Delivery.__table__, Event.__table__
+    move = (
+        update(deliveries)
+        .where(deliveries.c.id == bindparam("id_"), deliveries.c.status == bindparam("source"))
+        .returning(deliveries.c.campaign_id, deliveries.c.id)
+    )
+    at = datetime(2026, 11, 26, 5, 0, 0, 123456, tzinfo=UTC)
+    values = {
+        "source": Status.QUEUED, "status": Status.SENDING, "updated_at": at, "sent_at": None,
+        "next_attempt_at": at + timedelta(hours=1), "headers": [["To", "Mme Ö <a@example.org>"]],
+        "subject": "Lettre ouverte", "last_error": "",
+    }  # fmt: skip
+    with db.session_scope(sqlite_url) as session:
+        campaign = Campaign(name="c", template_dir="/t", sender="S <s@example.org>")
+        session.add(campaign)
+        ids = []
+        for n in range(2):
+            recipient = Recipient(key=f"{n}@example.org", family_name="A", email=f"{n}@example.org")
+            session.add(recipient)
+            session.flush()
+            delivery = Delivery(
+                campaign_id=campaign.id, recipient_id=recipient.id, role="to", channel="email",
+                status=Status.QUEUED, message_id=f"<{n}@example.org>", address=recipient.email,
+            )  # fmt: skip
+            session.add(delivery)
+            session.flush()
+            ids.append(delivery.id)
+        connection = session.connection()
+        theirs = connection.execute(move, {"id_": ids[0], **values}).all()
+        ours = db.run_on_driver(connection, move, [{"id_": ids[1], **values}])
+        assert [tuple(row) for row in theirs] == [(campaign.id, ids[0])]
+        assert ours == [(campaign.id, ids[1])]
+        event = {
+            "campaign_id": campaign.id, "kind": "status", "from_status": Status.QUEUED,
+            "to_status": Status.SENDING, "detail": "", "created_at": at,
+        }  # fmt: skip
+        connection.execute(insert(events), [{**event, "delivery_id": ids[0]}])
+        db.run_on_driver(connection, insert(events), [{**event, "delivery_id": i} for i in ids])
+    stored = "SELECT status, updated_at, sent_at, next_attempt_at, headers, subject FROM deliveries"
+    logged = "SELECT to_status, created_at, delivery_id FROM events ORDER BY id"
+    with db.session_scope(sqlite_url) as session:
+        theirs_row, ours_row = session.execute(text(f"{stored} ORDER BY id")).all()
+        assert tuple(ours_row) == tuple(theirs_row)
+        assert theirs_row.updated_at == "2026-11-26 05:00:00.123456"
+        rows = [tuple(r) for r in session.execute(text(logged))]
+    assert rows == [("sending", "2026-11-26 05:00:00.123456", i) for i in [ids[0], *ids]]
