@@ -264,6 +264,20 @@ def test_compose_writes_what_the_email_package_writes() -> None:
         assert compose(s) == reference(s), s
 
 
+def test_any_text_is_quoted_as_the_email_package_quotes_it() -> None:
+    """compose quotes a text a line at a time (and keeps the lines every letter shares): the
+    bytes must be those of `set_content` for any text, whatever its line breaks, long lines,
+    trailing blanks and characters that are line breaks to Python but not to MIME."""
+    r = random.Random(17)
+    pieces = ["a", " ", "\t", "=", ".", "é", "\x0b", "\x0c", "\x1c", "\x85", "\u2028", "x" * 80,
+              "ü" * 30, "\n", "\r\n", "\r", "w "]  # fmt: skip
+    for i in range(400):
+        text = "".join(r.choice(pieces) for _ in range(r.randrange(0, 30)))
+        html = "".join(r.choice(pieces) for _ in range(r.randrange(0, 30)))
+        s = dataclasses.replace(varied_spec(r, i), text=text, html=r.choice([None, html]))
+        assert compose(s) == reference(s), (text, html)
+
+
 def test_crlf_line_ends_and_short_lines() -> None:
     data = compose(spec(text="x" * 500 + "\n"))
     assert b"\n" not in data.replace(b"\r\n", b"")
