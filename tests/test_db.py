@@ -59,9 +59,9 @@ def test_a_turn_commits_at_its_end_and_rolls_back_on_error(database_url: str) ->
         assert list(reader.scalars(select(Suppression.key))) == ["kept@example.org"]
 
 
-def test_run_on_driver_stores_what_sqlalchemy_stores(sqlite_url: str) -> None:
-    """The send loop's statements on SQLite go around SQLAlchemy's execution: what they store
-    must be what its own path stores, byte for byte (the UTC datetimes' text, JSON, enums),
+def test_run_on_driver_stores_what_sqlalchemy_stores(database_url: str) -> None:
+    """The send loop's statements go around SQLAlchemy's execution: what they store must be
+    what its own path stores (on SQLite byte for byte: the UTC datetimes' text, JSON, enums),
     and an UPDATE's RETURNING the same rows."""
     deliveries, events = Delivery.__table__, Event.__table__
     move = (
@@ -75,7 +75,7 @@ def test_run_on_driver_stores_what_sqlalchemy_stores(sqlite_url: str) -> None:
         "next_attempt_at": at + timedelta(hours=1), "headers": [["To", "Mme Ö <a@example.org>"]],
         "subject": "Lettre ouverte", "last_error": "",
     }  # fmt: skip
-    with db.session_scope(sqlite_url) as session:
+    with db.session_scope(database_url) as session:
         campaign = Campaign(name="c", template_dir="/t", sender="S <s@example.org>")
         session.add(campaign)
         ids = []
@@ -103,9 +103,10 @@ def test_run_on_driver_stores_what_sqlalchemy_stores(sqlite_url: str) -> None:
         db.run_on_driver(connection, insert(events), [{**event, "delivery_id": i} for i in ids])
     stored = "SELECT status, updated_at, sent_at, next_attempt_at, headers, subject FROM deliveries"
     logged = "SELECT to_status, created_at, delivery_id FROM events ORDER BY id"
-    with db.session_scope(sqlite_url) as session:
+    with db.session_scope(database_url) as session:
         theirs_row, ours_row = session.execute(text(f"{stored} ORDER BY id")).all()
         assert tuple(ours_row) == tuple(theirs_row)
-        assert theirs_row.updated_at == "2026-11-26 05:00:00.123456"
         rows = [tuple(r) for r in session.execute(text(logged))]
-    assert rows == [("sending", "2026-11-26 05:00:00.123456", i) for i in [ids[0], *ids]]
+    stamp = at if database_url.startswith("postgresql") else "2026-11-26 05:00:00.123456"
+    assert theirs_row.updated_at == stamp
+    assert rows == [("sending", stamp, i) for i in [ids[0], *ids]]
