@@ -90,18 +90,15 @@ def profile(url: str, csv_path: Path, args: argparse.Namespace) -> None:
     def commit(*_: object) -> None:
         counts["commits"] += 1
 
-    def traced(sql: str) -> None:  # SQLite: every statement, also those run on its cursor
-        if not sql.startswith(("BEGIN", "COMMIT", "ROLLBACK", "PRAGMA")):
-            statement()
+    run_on_driver = db.run_on_driver
 
-    def checkout(dbapi_connection: Any, *_: object) -> None:
-        dbapi_connection.set_trace_callback(traced)
+    def on_driver(*call: Any) -> Any:  # around SQLAlchemy's events: counted here
+        statement()
+        return run_on_driver(*call)
 
+    db.run_on_driver = on_driver  # type: ignore[assignment]
     engine = db.get_engine(url)
-    if args.db == "sqlite":  # `db.run_on_driver` goes around SQLAlchemy's events
-        event.listen(engine, "checkout", checkout)
-    else:
-        event.listen(engine, "before_cursor_execute", statement)
+    event.listen(engine, "before_cursor_execute", statement)
     event.listen(engine, "commit", commit)
     kits, throttle = sending.KitCache(), LocalThrottle()
     backends = run.pg_backends(url.rsplit("/", 1)[1]) if args.db == "postgresql" else list
