@@ -126,7 +126,7 @@ class _Plan:
         for name in self.names:
             value = params[name] if name in params else self.fixed[name]
             process = self.processors.get(name)
-            values.append(value if process is None or value is None else process(value))
+            values.append(value if process is None else process(value))
         return values if self.keys is None else dict(zip(self.keys, values, strict=True))
 
 
