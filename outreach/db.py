@@ -124,7 +124,12 @@ class _Plan:
     def values(self, params: Mapping[str, Any]) -> list[Any] | dict[str, Any]:
         values = []
         for name in self.names:
-            value = params[name] if name in params else self.fixed[name]
+            if name in params:
+                value = params[name]
+            elif name in self.fixed:
+                value = self.fixed[name]
+            else:  # as SQLAlchemy refuses it: never a silent NULL (`key = NULL` matches nothing)
+                raise KeyError(f"a value is required for the statement's parameter {name!r}")
             process = self.processors.get(name)
             values.append(value if process is None else process(value))
         return values if self.keys is None else dict(zip(self.keys, values, strict=True))
@@ -140,7 +145,7 @@ def _plan(statement: Executable, dialect: Dialect, names: tuple[str, ...]) -> _P
         process = bind.type.dialect_impl(dialect).bind_processor(dialect)
         if process is not None:
             processors[name] = process
-    fixed = {name: bind.value for name, bind in binds.items() if name not in names}
+    fixed = {name: bind.value for name, bind in binds.items() if not bind.required}
     if compiled.positiontup is not None:
         return _Plan(compiled.string, tuple(compiled.positiontup), None, fixed, processors)
     escaped = compiled.escaped_bind_names

@@ -101,6 +101,8 @@ def test_run_on_driver_stores_what_sqlalchemy_stores(database_url: str) -> None:
         }  # fmt: skip
         connection.execute(insert(events), [{**event, "delivery_id": ids[0]}])
         db.run_on_driver(connection, insert(events), [{**event, "delivery_id": i} for i in ids])
+        with pytest.raises(KeyError, match="'source'"):  # never bound as a silent NULL
+            db.run_on_driver(connection, move, [{"id_": ids[1], "status": Status.SENT}])
     stored = "SELECT status, updated_at, sent_at, next_attempt_at, headers, subject FROM deliveries"
     logged = "SELECT to_status, created_at, delivery_id FROM events ORDER BY id"
     with db.session_scope(database_url) as session:
