@@ -277,10 +277,15 @@ def _send_one(
     attempt = delivery.attempts + 1
     kept = kept_columns(spec) if fresh else None
     transport, settings = sender.transport, sender.settings
-    envelope = {"sender": tracking.return_path(delivery, settings), "recipients": rcpts}
+    message = {
+        "sender": tracking.return_path(delivery, settings),
+        "recipients": rcpts,
+        "data": data,
+        "smtputf8": settings.smtp_utf8,
+    }
     ahead = isinstance(held, _Owed)  # this message's commands go out before that answer
     if ahead:
-        transport.begin(**envelope, data=data, smtputf8=settings.smtp_utf8)
+        transport.begin(**message)
     last = _decided(session, held, sender, outcome)
     with db.write_turn(session):  # its commit opens the uncertain window, before the content
         claimed = deliveries.claim(
@@ -298,7 +303,7 @@ def _send_one(
         outcome[refused or "skipped"] += 1
         return None
     if not ahead:
-        transport.begin(**envelope, data=data, smtputf8=settings.smtp_utf8)
+        transport.begin(**message)
     try:
         refused_rcpts = transport.ready()
         transport.transmit()
