@@ -377,12 +377,18 @@ def _text_headers(subtype: str) -> bytes:
     return _written_headers(part)
 
 
-def _multipart(subtype: str, parts: list[bytes], boundary: str) -> bytes:
-    """A multipart's Content-Type, then each part after its delimiter, then the close."""
+def _multipart(subtype: str, parts: list[list[bytes]], boundary: str) -> list[bytes]:
+    """A multipart's Content-Type, then each part (in pieces) after its delimiter, then the
+    close."""
     delimiter = b"--" + boundary.encode("ascii")
-    body = CRLF.join([delimiter, (CRLF + delimiter + CRLF).join(parts), delimiter + b"--"])
     header = _multipart_header(subtype).replace(_BOUNDARY_SHAPE.encode("ascii"), delimiter[2:])
-    return header + CRLF + body + CRLF
+    pieces = [header + CRLF]
+    for part in parts:
+        pieces.append(delimiter + CRLF)
+        pieces.extend(part)
+        pieces.append(CRLF)
+    pieces.append(delimiter + b"--" + CRLF)
+    return pieces
 
 
 @lru_cache(maxsize=4)
@@ -408,14 +414,15 @@ def _boundary(message_id: str, index: int) -> str:
 _BOUNDARY_SHAPE = _boundary("", 0)
 
 
-def _body(spec: MessageSpec) -> bytes:
-    """The body with its content headers: the text, its HTML alternative, the attachments."""
-    body = _text_part(spec.text, "plain")
+def _body(spec: MessageSpec) -> list[bytes]:
+    """The body with its content headers, in pieces: the text, its HTML alternative, the
+    attachments."""
+    body = [_text_part(spec.text, "plain")]
     if spec.html is not None:
-        alternatives = [body, _text_part(spec.html, "html")]
+        alternatives = [body, [_text_part(spec.html, "html")]]
         body = _multipart("alternative", alternatives, _boundary(spec.message_id, 1))
     if spec.attachments:
-        parts = [body, *(a.wire for a in spec.attachments)]
+        parts = [body, *([a.wire] for a in spec.attachments)]
         body = _multipart("mixed", parts, _boundary(spec.message_id, 0))
     return body
 
@@ -423,6 +430,28 @@ def _body(spec: MessageSpec) -> bytes:
 def compose(spec: MessageSpec) -> bytes:
     """The message's bytes, CRLF line ends, ready for SMTP DATA; the same for the same spec
     (HeaderError, AttachmentError)."""
+    return b"".join(compose_pieces(spec))
+
+
+def compose_pieces(spec: MessageSpec) -> list[bytes]:
+    """`compose`'s bytes in the pieces they join from, each attachment's part the attachment's
+    own `wire` (not a copy), what lies between joined: for the send loop, where joining the
+    benchmark's 140 KB message, twice, was a fifth of composing it."""
     headers = [*_headers(spec), ("MIME-Version", "1.0")]
     body = _body(spec)  # before the header lines: a bad attachment is refused before a header
-    return b"".join([*(_line(name, value) for name, value in headers), body])
+    pieces: list[bytes] = []
+    small = [_line(name, value) for name, value in headers]
+    for piece in body:
+        if len(piece) < _SHARED:
+            small.append(piece)
+            continue
+        if small:
+            pieces.append(b"".join(small))
+            small = []
+        pieces.append(piece)
+    if small:
+        pieces.append(b"".join(small))
+    return pieces
+
+
+_SHARED = 16_384  # a piece this long is kept apart rather than copied into its neighbours

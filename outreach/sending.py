@@ -38,7 +38,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from outreach import campaigns, db, deliveries, suppression, tracking
-from outreach.compose import compose, envelope_recipients
+from outreach.compose import compose_pieces, envelope_recipients
 from outreach.config import Settings
 from outreach.deliveries import Verdict
 from outreach.dispatch import account_limits
@@ -261,7 +261,7 @@ def _send_one(
                 address=delivery.address,
                 ahead=ahead_letter(delivery),
             )
-        data = compose(spec)
+        data = compose_pieces(spec)
         rcpts = envelope_recipients(spec, delivery.campaign.bcc)
     except OutreachError as exc:  # nothing of this delivery is written yet
         last = _decided(session, held, sender, outcome)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import base64
 import logging
+import random
+import smtplib
 import socket
+import string
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +22,7 @@ from outreach.errors import (
     TransientSmtpError,
     UncertainSmtpError,
 )
-from outreach.smtp import SmtpClient, classify
+from outreach.smtp import SmtpClient, _path, classify
 from tests.smtpd import PASSWORD, USERNAME, Pki, RecordingServer
 
 SENDER = "office@odfoundation.example"
@@ -174,6 +177,27 @@ def test_what_arrives_is_what_was_sent_whatever_its_dots(
         send(client, data=data)
         send(client, data=body)  # a message that starts with a dot
     assert [m.data for m in smtp_server.messages] == [data, body]
+
+
+@pytest.mark.parametrize(
+    "pieces",
+    [
+        [b"Subject: pieces\r\n\r\n", b".starts a line\r\n", b"a line"],  # no line end
+        [b"Subject: pieces\r\n\r\nhalf a line ", b".not at a line start\r\n"],
+        [b"Subject: pieces\r\n\r\nends in CR\r", b"\n.after the LF\r\n", b"", b".\r\n"],
+        [b".", b".\r\n", b"x.\r\n"],
+    ],
+)
+def test_a_message_in_pieces_arrives_as_its_joined_bytes(
+    smtp_server: RecordingServer, pieces: list[bytes]
+) -> None:
+    """The send loop hands over a message in pieces (`compose.compose_pieces`): each is
+    dot-stuffed knowing whether it starts a line, and the final dot follows the last line."""
+    with client_for(smtp_server) as client:
+        client.send(sender=SENDER, recipients=[TO], data=pieces)
+    joined = b"".join(pieces)
+    expected = joined if joined.endswith(b"\r\n") else joined + b"\r\n"
+    assert [m.data for m in smtp_server.messages] == [expected]
 
 
 def start(client: SmtpClient, *recipients: str) -> None:
@@ -411,3 +435,19 @@ def test_missing_ca_bundle_is_a_config_error(tmp_path: Path) -> None:
         SmtpClient(
             host="mail.example", port=465, security="ssl", timeout=1, ca_bundle=tmp_path / "no.pem"
         )
+
+
+def test_envelope_addresses_are_spelled_as_smtplib_spells_them() -> None:
+    """The fast path for plain addresses gives what smtplib.quoteaddr gives, odd dots, quotes,
+    display names and non-ASCII included."""
+    rng = random.Random(5)
+    atoms = string.ascii_letters + string.digits + "!#$%&'*+/=?^_`{|}~.-"
+    odd = ['"a b"@x.example', "Ö@x.example", "A <a@x.example>", "<a@x.example>", "a@[10.0.0.1]"]
+    addresses = [*odd, "", "<>", "a@", "@x", ".a@x", "a.@x", "a..b@x.example", "a@x..example"]
+    for _ in range(3000):
+        local = "".join(rng.choice(atoms) for _ in range(rng.randint(1, 12)))
+        labels = string.ascii_lowercase + ".-"
+        domain = "".join(rng.choice(labels) for _ in range(rng.randint(1, 9)))
+        addresses.append(f"{local}@{domain}")
+    for address in addresses:
+        assert _path(address) == smtplib.quoteaddr(address), address
