@@ -342,11 +342,18 @@ def _verbatim(name: str, value: str) -> bool:
     if issubclass(kind, MessageIDHeader):
         return _MESSAGE_ID.fullmatch(value) is not None
     if issubclass(kind, DateHeader):
-        try:
-            return format_datetime(parsedate_to_datetime(value)) == value
-        except ValueError:
-            return False
+        return _date_verbatim(value)
     return False
+
+
+@lru_cache(maxsize=8)
+def _date_verbatim(value: str) -> bool:
+    """Whether a Date formats back to itself; asked once a second, not once a message (the
+    messages of one second share their Date)."""
+    try:
+        return format_datetime(parsedate_to_datetime(value)) == value
+    except ValueError:
+        return False
 
 
 def _text_part(text: str, subtype: str) -> bytes:
