@@ -7,12 +7,14 @@ N recipients into an smtp-sink, exactly as the task runs it, without Celery or R
 
 Prints messages per second and CPU ms per message of this process (the sink's CPU apart).
 With --memory, also the Python heap (tracemalloc) after the 4th batch and after the last, and
-the lines that grew most between them: flat means nothing is kept per message.
+the lines that grew most between them: flat means nothing is kept per message. With --steps,
+the thread CPU of each step of the loop (claim, commit, draft, compose, the SMTP phases).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import os
 import resource
@@ -21,6 +23,8 @@ import subprocess
 import sys
 import time
 import tracemalloc
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +42,7 @@ def main() -> None:
     parser.add_argument("--db", default="sqlite")
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--memory", action="store_true", help="trace the heap (slow)")
+    parser.add_argument("--steps", action="store_true", help="thread CPU of each step")
     args = parser.parse_args()
     out = HERE / "out" / f"profile-{args.db}"
     shutil.rmtree(out, ignore_errors=True)
@@ -103,6 +108,7 @@ def profile(url: str, csv_path: Path, args: argparse.Namespace) -> None:
     kits, throttle = sending.KitCache(), LocalThrottle()
     backends = run.pg_backends(url.rsplit("/", 1)[1]) if args.db == "postgresql" else list
     backend0 = {pid: run.cpu_seconds(pid) or 0.0 for pid in backends()}
+    spent = time_steps() if args.steps else Counter()
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
     if args.memory:
@@ -129,6 +135,46 @@ def profile(url: str, csv_path: Path, args: argparse.Namespace) -> None:
         "commits per message"
         + (f"; PostgreSQL backends {1000 * backend / args.n:.2f} CPU ms/msg" if backend else "")
     )
+    for label, seconds in spent.most_common():
+        print(f"  {1000 * seconds / args.n:6.3f} CPU ms/msg  {label}")
+    if spent:
+        rest = cpu - sum(spent.values())
+        print(f"  {1000 * rest / args.n:6.3f} CPU ms/msg  the rest (the loop itself, _load, ...)")
+
+
+def time_steps() -> Counter[str]:
+    """Wrap the send loop's steps so that each adds up the thread CPU it takes (`--steps`)."""
+    from sqlalchemy.orm import Session
+
+    from outreach import deliveries, sending
+    from outreach.smtp import SmtpClient
+
+    spent: Counter[str] = Counter()
+    steps: list[tuple[Any, str, str]] = [
+        (deliveries, "claim", "claim (with the last verdict)"),
+        (Session, "commit", "commit"),
+        (sending, "draft", "draft (render)"),
+        (sending, "compose_pieces", "compose"),
+        (SmtpClient, "begin", "SMTP begin"),
+        (SmtpClient, "ready", "SMTP ready"),
+        (SmtpClient, "transmit", "SMTP transmit"),
+        (SmtpClient, "answer", "SMTP answer"),
+    ]
+    for owner, name, label in steps:
+        setattr(owner, name, _timed(getattr(owner, name), label, spent))
+    return spent
+
+
+def _timed(function: Callable[..., Any], label: str, spent: Counter[str]) -> Callable[..., Any]:
+    @functools.wraps(function)
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        started = time.thread_time()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            spent[label] += time.thread_time() - started
+
+    return timed
 
 
 def heap_growth(
