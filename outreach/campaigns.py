@@ -116,6 +116,12 @@ def members(session: Session, campaign: Campaign) -> list[Member]:
     ]
 
 
+def addresses(session: Session, campaign: Campaign, recipient_id: int) -> bool:
+    """Whether the campaign addresses this recipient, by the rule of `members` without loading
+    every member (a preview of one letter in a 100k campaign read 100k recipients)."""
+    return any(row[0] == recipient_id for row, _ in _roles(session, campaign))
+
+
 def _roles(
     session: Session, campaign: Campaign, *columns: Any
 ) -> list[tuple[tuple[Any, ...], Role]]:

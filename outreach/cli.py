@@ -289,7 +289,7 @@ def campaign_preview(
     with open_session() as session:
         campaign = campaigns.get_campaign(session, name)
         person = registry.find_recipient(session, recipient)
-        if person.id not in {m.recipient.id for m in campaigns.members(session, campaign)}:
+        if not campaigns.addresses(session, campaign, person.id):
             raise NotFound(f"{recipient} is not a recipient of campaign {name}")
         kit = messages.load_kit(session, campaign)
         if pdf is not None:

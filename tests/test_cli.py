@@ -123,6 +123,17 @@ def test_preview_prints_and_writes_the_eml(
     assert count(database_url, Delivery) == 0  # a preview records nothing
 
 
+def test_preview_of_someone_the_campaign_does_not_address_is_an_error(
+    cli: CliRunner, database_url: str
+) -> None:
+    run(cli, "recipients", "import", str(TEMPLATE / "recipients.yaml"))
+    run(cli, "campaign", "create", "principals", "--template", str(TEMPLATE), "--to",
+        "tag:principal", "--from", FROM)  # fmt: skip
+    schaeuble = "Wolfgang.Schaeuble@bundestag.de"  # a copy, not a principal
+    output = run(cli, "campaign", "preview", "principals", "--recipient", schaeuble, code=66)
+    assert f"{schaeuble} is not a recipient of campaign principals" in output
+
+
 def test_unknown_campaign_lists_the_known_ones(cli: CliRunner) -> None:
     output = run(cli, "campaign", "status", "nope", code=66)
     assert "no campaign named 'nope'" in output
