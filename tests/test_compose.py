@@ -23,6 +23,7 @@ from outreach.compose import (
     attachment_from_path,
     check_header,
     compose,
+    compose_pieces,
     envelope_recipients,
     format_address,
     make_message_id,
@@ -292,6 +293,9 @@ def test_a_shared_attachment_part_serves_many_messages() -> None:
     for data in (one, two):
         (attachment,) = parse(data).iter_attachments()
         assert attachment.get_content() == PDF
+    pieces = compose_pieces(spec(attachments=(shared,), message_id="<1@x.org>"))
+    assert b"".join(pieces) == one
+    assert any(piece is shared.wire for piece in pieces)  # handed over as it is, not copied
 
 
 @pytest.mark.parametrize(
