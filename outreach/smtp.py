@@ -541,7 +541,7 @@ def _send_content(conn: smtplib.SMTP, pieces: Sequence[bytes]) -> None:
 _MSG_MORE: int = getattr(socket, "MSG_MORE", 0)  # Linux only
 
 
-def _dot_stuffed(data: bytes, line_start: bool = True) -> bytes:
+def _dot_stuffed(data: bytes, line_start: bool) -> bytes:
     """A dot that starts a line is doubled (RFC 5321 4.5.2); `line_start`: whether `data`
     starts one (a piece after one that did not end its line does not). Most messages have no
     such dot: dots are few (base64 has none), so each is found with `find` and what precedes it
