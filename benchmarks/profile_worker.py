@@ -87,13 +87,13 @@ def profile(url: str, csv_path: Path, args: argparse.Namespace) -> None:
     sessions = db.session_factory(url)
     from sqlalchemy import event
 
-    counts = {"statements": 0, "commits": 0}
+    counts = {"statements": 0, "turns": 0}
 
     def statement(*_: object) -> None:
         counts["statements"] += 1
 
-    def commit(*_: object) -> None:
-        counts["commits"] += 1
+    def turn(*_: object) -> None:
+        counts["turns"] += 1
 
     run_on_driver = db.run_on_driver
 
@@ -104,7 +104,13 @@ def profile(url: str, csv_path: Path, args: argparse.Namespace) -> None:
     db.run_on_driver = on_driver  # type: ignore[assignment]
     engine = db.get_engine(url)
     event.listen(engine, "before_cursor_execute", statement)
-    event.listen(engine, "commit", commit)
+    commit = db._commit
+
+    def committing(session: Any) -> None:  # each write turn's end (the driver commits)
+        turn()
+        commit(session)
+
+    db._commit = committing  # type: ignore[assignment]
     kits, throttle = sending.KitCache(), LocalThrottle()
     backends = run.pg_backends(url.rsplit("/", 1)[1]) if args.db == "postgresql" else list
     backend0 = {pid: run.cpu_seconds(pid) or 0.0 for pid in backends()}
@@ -131,8 +137,8 @@ def profile(url: str, csv_path: Path, args: argparse.Namespace) -> None:
         heap_growth(*snapshots)
     print(
         f"{args.n / wall:.0f} msg/s, {1000 * cpu / args.n:.2f} CPU ms/msg in this process, "
-        f"{counts['statements'] / args.n:.1f} statements and {counts['commits'] / args.n:.2f} "
-        "commits per message"
+        f"{counts['statements'] / args.n:.1f} statements and {counts['turns'] / args.n:.2f} "
+        "write turns per message"
         + (f"; PostgreSQL backends {1000 * backend / args.n:.2f} CPU ms/msg" if backend else "")
     )
     for label, seconds in spent.most_common():
@@ -144,15 +150,13 @@ def profile(url: str, csv_path: Path, args: argparse.Namespace) -> None:
 
 def time_steps() -> Counter[str]:
     """Wrap the send loop's steps so that each adds up the thread CPU it takes (`--steps`)."""
-    from sqlalchemy.orm import Session
-
-    from outreach import deliveries, sending
+    from outreach import db, deliveries, sending
     from outreach.smtp import SmtpClient
 
     spent: Counter[str] = Counter()
     steps: list[tuple[Any, str, str]] = [
         (deliveries, "claim", "claim (with the last verdict)"),
-        (Session, "commit", "commit"),
+        (db, "_commit", "commit"),
         (sending, "draft", "draft (render)"),
         (sending, "compose_pieces", "compose"),
         (SmtpClient, "begin", "SMTP begin"),

@@ -29,8 +29,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -144,7 +143,7 @@ def send_batch(
             _trip(session, delivery_ids, exc, sender.settings)
         outcome["paused"] = len(delivery_ids)
         return outcome
-    with _one_connection(sessions) as session:
+    with db.turn_session(sessions) as session:
         batch = _load(session, delivery_ids)
         held: Held = None
         limits_of: dict[int, Limits] = {}  # per campaign, as loaded with the batch
@@ -172,25 +171,6 @@ def send_batch(
         with db.write_turn(session):
             _settle(session, last)
     return outcome
-
-
-@contextmanager
-def _one_connection(sessions: sessionmaker[Session]) -> Iterator[Session]:
-    """A session that keeps one connection for the whole batch. Committing gives a session's
-    connection back to the pool, and each message commits: taking it again cost a ping and
-    giving it back a reset (on PostgreSQL, a SELECT 1 and a ROLLBACK: two round trips a
-    message).
-
-    On PostgreSQL the connection is in autocommit: every write of the loop is one statement,
-    whole on its own (a claim with its verdict, kept attachments and Events; a transition with
-    its Event), so a BEGIN and a COMMIT around it were two more round trips a message for
-    nothing. A write of this loop that needs two statements to be whole must not be added
-    here without a transaction of its own (`Connection.begin` does not open one here)."""
-    with sessions.kw["bind"].connect() as connection:
-        if connection.dialect.name == "postgresql":
-            connection.execution_options(isolation_level="AUTOCOMMIT")
-        with sessions(bind=connection) as session:
-            yield session
 
 
 def _load(session: Session, delivery_ids: Sequence[int]) -> list[Delivery]:

@@ -59,30 +59,51 @@ def test_a_turn_commits_at_its_end_and_rolls_back_on_error(database_url: str) ->
         assert list(reader.scalars(select(Suppression.key))) == ["kept@example.org"]
 
 
-def test_turns_on_an_autocommit_connection_write_at_once_and_share_one_transaction(
+def test_turns_in_a_turn_session_commit_on_the_driver_and_keep_one_transaction(
     database_url: str,
 ) -> None:
-    """The send loop's connection on PostgreSQL (`sending._one_connection`): each turn's writes
-    are committed when it ends (a reader elsewhere sees them), without the Session committing a
-    transaction of its own each turn; an error still ends that transaction."""
-    if not database_url.startswith("postgresql"):
-        pytest.skip("the send loop's connection is in autocommit on PostgreSQL only")
-    engine = db.get_engine(database_url)
-    with engine.connect() as connection:
-        connection.execution_options(isolation_level="AUTOCOMMIT")
-        with db.session_factory(database_url)(bind=connection) as session:
-            with db.write_turn(session):
-                session.add(Suppression(key="first@example.org", email="first@example.org"))
-            kept = session.get_transaction()
-            with db.write_turn(session):
-                session.add(Suppression(key="second@example.org", email="second@example.org"))
-            assert kept is not None and session.get_transaction() is kept  # no commit per turn
-            with db.session_factory(database_url)() as reader:
-                keys = set(reader.scalars(select(Suppression.key)))
-            assert keys == {"first@example.org", "second@example.org"}
-            with pytest.raises(RuntimeError), db.write_turn(session):
-                raise RuntimeError("in the middle of a turn")
-            assert session.get_transaction() is None
+    """The send loop's session (`db.turn_session`): each turn's writes are committed when it
+    ends (a reader elsewhere sees them), without the Session committing a transaction of its
+    own each turn; an error ends that transaction, and the next turn begins another."""
+    sessions = db.session_factory(database_url)
+
+    def keys() -> set[str]:
+        with sessions() as reader:
+            return set(reader.scalars(select(Suppression.key)))
+
+    with db.turn_session(sessions) as session:
+        with db.write_turn(session):
+            session.add(Suppression(key="first@example.org", email="first@example.org"))
+        kept = session.get_transaction()
+        with db.write_turn(session):
+            session.add(Suppression(key="second@example.org", email="second@example.org"))
+        assert kept is not None and session.get_transaction() is kept  # no commit per turn
+        assert keys() == {"first@example.org", "second@example.org"}
+        with pytest.raises(RuntimeError), db.write_turn(session):
+            raise RuntimeError("in the middle of a turn")
+        assert session.get_transaction() is None
+        with db.write_turn(session):
+            session.add(Suppression(key="third@example.org", email="third@example.org"))
+    assert keys() == {"first@example.org", "second@example.org", "third@example.org"}
+
+
+def test_a_failed_turn_in_a_turn_session_on_sqlite_leaves_none_of_its_writes(
+    sqlite_url: str,
+) -> None:
+    """On SQLite a turn of the send loop is several statements (the verdict, the claim, their
+    Events, the kept attachments): the driver's transaction spans them all, so a turn that
+    fails midway writes none of them."""
+    sessions = db.session_factory(sqlite_url)
+    with db.turn_session(sessions) as session:
+        with pytest.raises(RuntimeError), db.write_turn(session):
+            session.add(Suppression(key="lost@example.org", email="lost@example.org"))
+            session.flush()
+            session.execute(insert(Suppression).values(key="also@example.org", email="also@x.org"))
+            raise RuntimeError("in the middle of a turn")
+        with db.write_turn(session):
+            session.add(Suppression(key="kept@example.org", email="kept@example.org"))
+    with sessions() as reader:
+        assert list(reader.scalars(select(Suppression.key))) == ["kept@example.org"]
 
 
 def test_run_on_driver_stores_what_sqlalchemy_stores(database_url: str) -> None:
