@@ -11,7 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
+from celery.signals import worker_init
 
+from outreach import salutations
 from outreach.config import Settings, get_settings
 
 
@@ -64,3 +66,10 @@ def make_app(settings: Settings) -> Celery:
 
 
 app = make_app(get_settings())
+
+
+@worker_init.connect
+def _load_shared_data(**_: Any) -> None:
+    """In the worker's parent, before its pool forks: what each pool process would otherwise
+    load for itself at its first task."""
+    salutations.load_locales()
