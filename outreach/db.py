@@ -85,7 +85,7 @@ def write_turn(session: Session) -> Iterator[None]:
 def _commit(session: Session) -> None:
     """Commit what the session wrote. In a `turn_session` the driver commits and the Session's
     transaction is kept for the next turn: it is bookkeeping only there, and its begin and
-    commit cost more than SQLite's commit itself (0.05 to 0.09 ms a turn, in the turn that
+    commit cost as much as SQLite's commit itself (0.05 to 0.09 ms a turn, in the turn that
     every other process waits for)."""
     if session.in_transaction():
         connection = session.connection()
