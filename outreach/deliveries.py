@@ -29,6 +29,8 @@ from typing import Any
 from sqlalchemy import (
     ARRAY,
     CTE,
+    ColumnElement,
+    FromClause,
     Insert,
     Integer,
     Select,
@@ -39,6 +41,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    literal_column,
     select,
     union_all,
     update,
@@ -122,14 +125,21 @@ _CAMPAIGNS, _SUPPRESSIONS = Campaign.__table__, Suppression.__table__
 _ATTACHMENTS = DeliveryAttachment.__table__
 
 
+def _checked(rows: FromClause, name: str) -> ColumnElement[bool]:
+    """`status = :name`, as a check of the rows a statement found by id, never a way to find
+    them: written as an expression no index serves. With stale statistics (a campaign's
+    deliveries just created, before any ANALYZE) PostgreSQL planned a chunk of 500 ids on
+    ix_deliveries_status_next instead of the primary key, and read every pending delivery for
+    each chunk: 200 ms a dispatcher tick at 100k recipients, 45 at 10k."""
+    return rows.c.status.op("||")(literal_column("''")) == bindparam(name)
+
+
 def _compare_and_swap(prefix: str = "") -> Update:
     """`UPDATE deliveries ... WHERE id = :id_ AND status = :source RETURNING campaign_id, id`,
     its parameters named with `prefix` (two in one statement need names of their own)."""
     return (
         update(_ROWS)
-        .where(
-            _ROWS.c.id == bindparam(f"{prefix}id_"), _ROWS.c.status == bindparam(f"{prefix}source")
-        )
+        .where(_ROWS.c.id == bindparam(f"{prefix}id_"), _checked(_ROWS, f"{prefix}source"))
         .returning(_ROWS.c.campaign_id, _ROWS.c.id)
     )
 
@@ -141,18 +151,18 @@ _MOVE = _compare_and_swap()
 _SETTLE = _compare_and_swap("v_")  # a verdict written in the claim's statement (PostgreSQL)
 _MOVE_MANY = (
     update(_ROWS)
-    .where(_ROWS.c.id.in_(bindparam("ids", expanding=True)), _ROWS.c.status == bindparam("source"))
+    .where(_ROWS.c.id.in_(bindparam("ids", expanding=True)), _checked(_ROWS, "source"))
     .returning(_ROWS.c.campaign_id, _ROWS.c.id)
 )
 _UNLOCKED = (  # the row's id unless another transaction holds it (PostgreSQL; SQLite ignores)
     select(_LOCKABLE.c.id)
-    .where(_LOCKABLE.c.id == bindparam("id_"), _LOCKABLE.c.status == bindparam("source"))
+    .where(_LOCKABLE.c.id == bindparam("id_"), _checked(_LOCKABLE, "source"))
     .with_for_update(skip_locked=True)
     .scalar_subquery()
 )
 _CLAIM = (
     update(_ROWS)
-    .where(_ROWS.c.id == _UNLOCKED, _ROWS.c.status == bindparam("source"))
+    .where(_ROWS.c.id == _UNLOCKED, _checked(_ROWS, "source"))
     .values(attempts=_ROWS.c.attempts + 1)
     .returning(_ROWS.c.campaign_id, _ROWS.c.id)
 )
