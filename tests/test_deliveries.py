@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import event, func, insert, select, update
 
 from outreach import db, deliveries, messages, suppression
 from outreach.compose import Attachment
@@ -201,3 +202,49 @@ def test_claim_skips_a_row_another_transaction_holds(database_url: str) -> None:
         holder.close()
     with db.session_scope(database_url) as session:
         assert deliveries.claim(session, delivery_id)
+
+
+def test_a_chunk_of_ids_is_not_searched_by_status_with_stale_statistics(
+    database_url: str,
+) -> None:
+    """The dispatcher moves deliveries in chunks of ids. Right after a campaign's deliveries are
+    created no ANALYZE has run: PostgreSQL took `status = 'pending'` for one row and planned a
+    chunk on the status index, reading every pending delivery for each chunk (100,000 rows a
+    chunk at 100k recipients). The status is only checked (`deliveries._checked`), so the plan
+    is left to the ids (here, 5,001 rows, a scan of the table; at 100k, the primary key)."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("a choice of PostgreSQL's planner")
+    first = _one_delivery(database_url, Status.PENDING)
+    with db.session_scope(database_url) as session:
+        row = session.get(Delivery, first)
+        assert row is not None
+        keys = [f"r{i}@example.org" for i in range(5000)]
+        session.execute(insert(Recipient), [{"key": key, "email": key} for key in keys])
+        recipients = session.scalars(select(Recipient.id).where(Recipient.key.in_(keys)))
+        session.execute(
+            insert(Delivery),
+            [
+                {"campaign_id": row.campaign_id, "recipient_id": recipient, "role": "to",
+                 "channel": "email", "status": Status.PENDING,
+                 "message_id": f"<{recipient}@example.org>", "address": "a@example.org"}
+                for recipient in recipients
+            ],
+        )  # fmt: skip
+    plans: list[str] = []
+
+    def explain(_c: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if statement.lstrip().startswith("WITH") and not plans:  # the chunk and its Events
+            cursor.execute(f"EXPLAIN {statement}", parameters)
+            plans.append("\n".join(row[0] for row in cursor.fetchall()))
+
+    engine = db.get_engine(database_url)
+    event.listen(engine, "before_cursor_execute", explain)
+    try:
+        with db.session_scope(database_url) as session:
+            moved = deliveries.transition_many(
+                session, list(range(first, first + 50)), Status.PENDING, Status.QUEUED
+            )
+    finally:
+        event.remove(engine, "before_cursor_execute", explain)
+    assert len(moved) == 50
+    assert "ix_deliveries_status_next" not in plans[0], plans[0]
