@@ -130,7 +130,8 @@ def _checked(rows: FromClause, name: str) -> ColumnElement[bool]:
     them: written as an expression no index serves. With stale statistics (a campaign's
     deliveries just created, before any ANALYZE) PostgreSQL planned a chunk of 500 ids on
     ix_deliveries_status_next instead of the primary key, and read every pending delivery for
-    each chunk: 200 ms a dispatcher tick at 100k recipients, 45 at 10k."""
+    each chunk: a tick that queued 2,000 took 226 ms at 100k recipients and 51 at 10k (60 and
+    56 since)."""
     return rows.c.status.op("||")(literal_column("''")) == bindparam(name)
 
 
