@@ -92,9 +92,6 @@ def profile(url: str, csv_path: Path, args: argparse.Namespace) -> None:
     def statement(*_: object) -> None:
         counts["statements"] += 1
 
-    def turn(*_: object) -> None:
-        counts["turns"] += 1
-
     run_on_driver = db.run_on_driver
 
     def on_driver(*call: Any) -> Any:  # around SQLAlchemy's events: counted here
@@ -107,7 +104,7 @@ def profile(url: str, csv_path: Path, args: argparse.Namespace) -> None:
     commit = db._commit
 
     def committing(session: Any) -> None:  # each write turn's end (the driver commits)
-        turn()
+        counts["turns"] += 1
         commit(session)
 
     db._commit = committing  # type: ignore[assignment]
