@@ -82,6 +82,9 @@ def write_turn(session: Session) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_UN)
 
 
+_DRIVER_COMMITS = "outreach_driver_commits"  # the execution option `turn_session` sets
+
+
 def _commit(session: Session) -> None:
     """Commit what the session wrote. In a `turn_session` the driver commits and the Session's
     transaction is kept for the next turn: it is bookkeeping only there, and its begin and
@@ -94,9 +97,6 @@ def _commit(session: Session) -> None:
             connection.connection.dbapi_connection.commit()  # type: ignore[union-attr]
             return
     session.commit()
-
-
-_DRIVER_COMMITS = "outreach_driver_commits"  # the execution option `turn_session` sets
 
 
 @contextmanager
