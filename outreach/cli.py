@@ -7,6 +7,7 @@ Celery. Errors from below arrive as OutreachError and leave as one line and an e
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import socket
@@ -813,4 +814,11 @@ def _free_port() -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    app(args=list(argv) if argv is not None else None, prog_name="outreach")
+    """The `outreach` command. Its objects are frozen out of the cycle collector once the
+    command is done: the interpreter's teardown ran it over all of them (about 190,000, most
+    from the imports: WeasyPrint, SQLAlchemy, Celery), 0.4 s of CPU at the end of every command,
+    for memory the process hands back whole. Output, commits and exit code are all in by then."""
+    try:
+        app(args=list(argv) if argv is not None else None, prog_name="outreach")
+    finally:
+        gc.freeze()

@@ -7,6 +7,8 @@ from __future__ import annotations
 import email
 import email.policy
 import shutil
+import subprocess
+import sys
 import textwrap
 from datetime import timedelta
 from pathlib import Path
@@ -161,3 +163,33 @@ def test_status_of_a_large_campaign_lists_what_is_not_done_not_every_letter(
     assert "Member70" not in output
     assert "30 more not listed: `outreach deliveries list --campaign big --status STATUS`" in output
     assert "campaign big: pending 60, sent 20" in output
+
+
+def test_the_command_run_as_a_program_leaves_its_output_data_and_exit_code_whole(
+    env: dict[str, str], database_url: str, tmp_path: Path
+) -> None:
+    """`outreach` freezes its objects out of the cycle collector at the end (`cli.main`): what
+    it printed, what it wrote and its exit code are all there once the process has exited."""
+    officials = tmp_path / "officials.csv"
+    officials.write_text(
+        "family_name,organisation,email,tags\n"
+        "Jagland,Council of Europe,thorbjorn.jagland@coe.int,principal\n"
+        "Kyriakides,Council of Europe,stella.kyriakides@coe.int,cc\n"
+    )
+    run_env = {**env, "OUTREACH_DATABASE_URL": database_url}
+
+    def outreach(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "outreach", *args], env=run_env, capture_output=True,
+            text=True, timeout=120, cwd=tmp_path,
+        )  # fmt: skip
+
+    assert outreach("db", "upgrade").returncode == 0
+    assert outreach("recipients", "import", str(officials)).returncode == 0
+    assert count(database_url, Recipient) == 2
+    listed = outreach("recipients", "list")
+    assert listed.returncode == 0
+    assert "Jagland" in listed.stdout and "Kyriakides" in listed.stdout
+    missing = outreach("campaign", "status", "nosuch")
+    assert missing.returncode == 66
+    assert "no campaign named 'nosuch'" in missing.stdout + missing.stderr
