@@ -15,7 +15,7 @@ from sqlalchemy import Table, bindparam, func, insert, literal, select
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
-from outreach import deliveries, registry
+from outreach import db, deliveries, registry
 from outreach.compose import check_header, make_message_id
 from outreach.config import Settings
 from outreach.errors import InputError, NotFound
@@ -221,6 +221,7 @@ def schedule(
     if campaign.state not in (CampaignState.DRAFT, CampaignState.SCHEDULED):
         raise InputError(f"campaign {campaign.name} is {campaign.state}; it cannot be scheduled")
     created = create_deliveries(session, campaign, settings)
+    db.analyze(session, Delivery.__tablename__, Recipient.__tablename__)  # the send loop's
     campaign.state = CampaignState.SCHEDULED
     campaign.scheduled_at, campaign.timezone = at, timezone
     campaign.send_window = window.to_json() if window else None
