@@ -707,12 +707,6 @@ def test_suppressed_address_gets_nothing(
     assert_exactly_once(rows, smtp_server.messages)
 
 
-def test_redis_is_up_after_this_module() -> None:
-    """Other tests need the local Redis: whatever happened above, it runs."""
-    redis_start()
-    assert redis_alive()
-
-
 def test_the_dispatchers_tick_is_served_before_the_batches_queued_ahead_of_it(
     broker: Broker,
 ) -> None:
@@ -744,3 +738,9 @@ def test_the_dispatchers_tick_is_served_before_the_batches_queued_ahead_of_it(
         ("outreach.dispatch", []),
         *[("outreach.send_batch", [[number]]) for number in range(5)],
     ]
+
+
+def test_redis_is_up_after_this_module() -> None:
+    """Other tests need the local Redis: whatever happened above, it runs."""
+    redis_start()
+    assert redis_alive()
