@@ -71,27 +71,48 @@ def tick(session: Session, settings: Settings, now: datetime) -> Tick:
         queued += _queue(session, ready)
         room -= len(queued)
         result.batches += batches(queued, settings.batch_size)
-        if not queued and _finished(session, campaign, channels):
-            campaign.state = CampaignState.DONE
+        done = not queued and _finished(session, campaign, channels)
+        if done and _advance(session, campaign, CampaignState.RUNNING, CampaignState.DONE):
             campaigns.log(session, campaign, "done: no delivery left to send")
             result.finished.append(campaign.name)
     return result
 
 
 def _start_due(session: Session, now: datetime, result: Tick) -> None:
-    due = session.scalars(
-        select(Campaign).where(
-            or_(
-                (Campaign.state == CampaignState.SCHEDULED) & (Campaign.scheduled_at <= now),
-                (Campaign.state == CampaignState.PAUSED) & (Campaign.resume_at <= now),
+    due = list(
+        session.scalars(
+            select(Campaign).where(
+                or_(
+                    (Campaign.state == CampaignState.SCHEDULED) & (Campaign.scheduled_at <= now),
+                    (Campaign.state == CampaignState.PAUSED) & (Campaign.resume_at <= now),
+                )
             )
         )
     )
     for campaign in due:
         was = campaign.state
-        campaign.state, campaign.paused_reason, campaign.resume_at = CampaignState.RUNNING, "", None
-        campaigns.log(session, campaign, "started" if was == CampaignState.SCHEDULED else "resumed")
-        result.started.append(campaign.name)
+        what = "started" if was == CampaignState.SCHEDULED else "resumed"
+        if _advance(
+            session, campaign, was, CampaignState.RUNNING, paused_reason="", resume_at=None
+        ):
+            campaigns.log(session, campaign, what)
+            result.started.append(campaign.name)
+
+
+def _advance(
+    session: Session, campaign: Campaign, source: str, target: CampaignState, **values: object
+) -> bool:
+    """The tick's move of a campaign, only if it is still in the state the tick read: the team's
+    cancel or pause, committed meanwhile by another process, stands. (Assigned, the state was
+    written over it: a campaign cancelled while the tick ran came out `done`.)"""
+    moved = session.execute(
+        update(Campaign)
+        .where(Campaign.id == campaign.id, Campaign.state == source)
+        .values(state=target, **values)
+        .execution_options(synchronize_session=False)
+    )
+    session.expire(campaign)  # read again, as it now is
+    return bool(moved.rowcount)
 
 
 def _recover(session: Session, settings: Settings, now: datetime, result: Tick) -> None:

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from outreach import campaigns, db, deliveries, dispatch, registry
 from outreach.config import load_settings
-from outreach.models import Campaign, CampaignState, Delivery, Status, utcnow
+from outreach.models import Campaign, CampaignState, Delivery, Event, Status, utcnow
 from outreach.windows import Window
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "templates" / "open_letter"
@@ -125,3 +126,30 @@ def test_pause_takes_back_queued_and_cancel_cancels_the_rest(
     with db.session_scope(database_url) as session:
         assert campaigns.cancel(session, campaigns.get_campaign(session, "c")) == 5
         assert set(session.scalars(select(Delivery.status))) == {Status.CANCELLED}
+
+
+def test_a_cancel_committed_while_the_tick_runs_stands(
+    database_url: str, plain: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The team cancels the campaign (another process) after the dispatcher's tick has read it
+    as running and before the tick finds nothing left: it stays cancelled. The tick assigned
+    `done` and wrote over the cancel (seen in a real run, with the tick every second)."""
+    _campaign(database_url, plain, MONDAY_NOON)
+    tick = _tick(database_url, MONDAY_NOON)
+    with db.session_scope(database_url) as session:
+        for delivery_id in [i for b in tick.batches for i in b]:
+            deliveries.claim(session, delivery_id)
+            deliveries.mark_sent(session, delivery_id, "250 ok")
+    finished = dispatch._finished
+
+    def cancelled_meanwhile(session: Session, campaign: Campaign, channels: object) -> bool:
+        with db.session_scope(database_url) as team:  # committed before the tick writes
+            campaigns.cancel(team, campaigns.get_campaign(team, "c"))
+        return finished(session, campaign, channels)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(dispatch, "_finished", cancelled_meanwhile)
+    assert _tick(database_url, MONDAY_NOON).finished == []
+    with db.session_scope(database_url) as session:
+        assert campaigns.get_campaign(session, "c").state == CampaignState.CANCELLED
+        logged = session.scalars(select(Event.detail).where(Event.kind == "campaign"))
+        assert not any(detail.startswith("done") for detail in logged)
