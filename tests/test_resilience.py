@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email import message_from_bytes
 from pathlib import Path
-from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -48,7 +47,6 @@ from tests.workers import (
     redis_stop,
     wait_for,
 )
-from workers.app import make_app
 
 # Each test claims a Redis database of its own (a key in LOCKS says whose) and empties it;
 # 13 and 14 are other modules'.
@@ -705,39 +703,6 @@ def test_suppressed_address_gets_nothing(
     assert why and "asked not to be written to" in why[0]
     assert Counter(d.status for d in rows.values()) == {Status.SENT: 3, Status.SUPPRESSED: 1}
     assert_exactly_once(rows, smtp_server.messages)
-
-
-def test_the_dispatchers_tick_is_served_before_the_batches_queued_ahead_of_it(
-    broker: Broker,
-) -> None:
-    """The beat's ticks go to a queue of their own, which a worker asks Redis for first: in the
-    batches' queue a tick waited behind every batch the last one had queued, and the workers
-    ran dry before the next refill. Here the broker holds five batches, then a tick; a consumer
-    as the worker's (its queues, in their order, and the app's transport options) takes the
-    tick first, then the batches in the order they came."""
-    app = make_app(load_settings(broker_url=broker.url))
-    for number in range(5):
-        app.send_task("outreach.send_batch", args=[[number]])
-    app.send_task("outreach.dispatch")
-    received: list[tuple[str, list[object]]] = []
-
-    def on_message(
-        body: tuple[list[object], dict[str, object], dict[str, object]], message: Any
-    ) -> None:
-        received.append((message.headers["task"], body[0]))
-        message.ack()
-
-    queues = list(app.amqp.queues.consume_from.values())
-    with (
-        app.connection_for_read() as connection,
-        connection.Consumer(queues, callbacks=[on_message], accept=["json"], prefetch_count=1),
-    ):
-        while len(received) < 6:
-            connection.drain_events(timeout=10)
-    assert received == [
-        ("outreach.dispatch", []),
-        *[("outreach.send_batch", [[number]]) for number in range(5)],
-    ]
 
 
 def test_redis_is_up_after_this_module() -> None:

@@ -12,21 +12,9 @@ from typing import Any
 
 from celery import Celery
 from celery.signals import worker_init
-from kombu import Exchange, Queue
 
 from outreach import salutations
 from outreach.config import Settings, get_settings
-
-TICKS = "outreach.ticks"
-"""The queue of the periodic tasks (the dispatcher, the inbox poll), served before the batches:
-in the batches' queue a tick waited behind every batch the last tick had queued (2,000
-deliveries, seconds of sending), so the queue ran dry before it was filled again and the
-workers idled at each refill (at 10k, messages sent per half second fell from about 400 to 276
-and 341), while ticks piled up behind and then ran side by side, past `max_in_flight`."""
-
-
-def _queue(name: str) -> Queue:
-    return Queue(name, Exchange(name, type="direct"), routing_key=name)
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -43,10 +31,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # finds them no longer `queued`) rather than kill it inside an uncertain window, which
         # would leave `unknown` letters. Pinned: Celery 6 turns this on by default.
         "worker_cancel_long_running_tasks_on_connection_loss": False,
-        "task_queues": (_queue(TICKS), _queue("celery")),  # in the order workers ask for them
-        "task_routes": {
-            name: {"queue": TICKS} for name in ("outreach.dispatch", "outreach.poll_inbox")
-        },
         "task_serializer": "json",
         "accept_content": ["json"],
         "beat_schedule": {
@@ -70,12 +54,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         conf["beat_schedule_filename"] = str(folder / "beat-schedule")
     else:
         conf["broker_url"] = settings.broker_url
-        conf["broker_transport_options"] = {  # where kombu's Redis transport reads them
-            # unacknowledged messages come back after this
-            "visibility_timeout": settings.visibility_timeout,
-            # the queues asked for in their order: TICKS first (the folder transport takes turns)
-            "queue_order_strategy": "priority",
-        }
+        # Where kombu's Redis transport reads it: unacknowledged messages come back after this.
+        conf["broker_transport_options"] = {"visibility_timeout": settings.visibility_timeout}
     return conf
 
 
