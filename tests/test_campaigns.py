@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -12,6 +11,7 @@ import sqlalchemy as sa
 from outreach import campaigns, compose, db, registry, sending
 from outreach.config import load_settings
 from outreach.models import Campaign, Delivery, Recipient, utcnow
+from tests.plans import first_plan
 from tests.test_registry import FIVE_CSV, write
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "templates" / "open_letter"
@@ -131,20 +131,11 @@ def test_a_scheduled_campaign_is_sent_on_statistics_of_its_tables(database_url: 
         )  # fmt: skip
         assert campaigns.schedule(session, campaign, settings, at=utcnow()) == 6000
         batch = list(session.scalars(sa.select(Delivery.id).order_by(Delivery.id).limit(50)))
-    plans: list[str] = []
-
-    def explain(_c: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
-        if statement.lstrip().startswith("SELECT deliveries.id") and not plans:
-            cursor.execute(f"EXPLAIN {statement}", parameters)
-            plans.append("\n".join(row[0] for row in cursor.fetchall()))
-
-    engine = db.get_engine(database_url)
-    sa.event.listen(engine, "before_cursor_execute", explain)
-    try:
-        with db.session_scope(database_url) as session:
-            loaded = sending._load(session, batch)  # the send loop's own query
-    finally:
-        sa.event.remove(engine, "before_cursor_execute", explain)
+    with (
+        first_plan(database_url, "SELECT deliveries.id") as plans,
+        db.session_scope(database_url) as session,
+    ):
+        loaded = sending._load(session, batch)  # the send loop's own query
     assert [d.id for d in loaded] == batch
     assert "Seq Scan on recipients" not in plans[0], plans[0]
     with db.session_scope(database_url) as session:

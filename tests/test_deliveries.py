@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import threading
-from typing import Any
 
 import pytest
-from sqlalchemy import event, func, insert, select, update
+from sqlalchemy import func, insert, select, update
 
 from outreach import db, deliveries, messages, suppression
 from outreach.compose import Attachment
@@ -21,6 +20,7 @@ from outreach.models import (
     Status,
     utcnow,
 )
+from tests.plans import first_plan
 
 
 def _one_delivery(url: str, status: Status = Status.QUEUED) -> int:
@@ -230,21 +230,12 @@ def test_a_chunk_of_ids_is_not_searched_by_status_with_stale_statistics(
                 for recipient in recipients
             ],
         )  # fmt: skip
-    plans: list[str] = []
-
-    def explain(_c: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
-        if statement.lstrip().startswith("WITH") and not plans:  # the chunk and its Events
-            cursor.execute(f"EXPLAIN {statement}", parameters)
-            plans.append("\n".join(row[0] for row in cursor.fetchall()))
-
-    engine = db.get_engine(database_url)
-    event.listen(engine, "before_cursor_execute", explain)
-    try:
-        with db.session_scope(database_url) as session:
-            moved = deliveries.transition_many(
-                session, list(range(first, first + 50)), Status.PENDING, Status.QUEUED
-            )
-    finally:
-        event.remove(engine, "before_cursor_execute", explain)
+    with (
+        first_plan(database_url, "WITH") as plans,  # the chunk and its Events
+        db.session_scope(database_url) as session,
+    ):
+        moved = deliveries.transition_many(
+            session, list(range(first, first + 50)), Status.PENDING, Status.QUEUED
+        )
     assert len(moved) == 50
     assert "ix_deliveries_status_next" not in plans[0], plans[0]
