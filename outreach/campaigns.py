@@ -221,7 +221,8 @@ def schedule(
     if campaign.state not in (CampaignState.DRAFT, CampaignState.SCHEDULED):
         raise InputError(f"campaign {campaign.name} is {campaign.state}; it cannot be scheduled")
     created = create_deliveries(session, campaign, settings)
-    db.analyze(session, Delivery.__tablename__, Recipient.__tablename__)  # the send loop's
+    if created:  # the tables the send loop joins, just filled: planned on their statistics
+        db.analyze(session, Delivery.__tablename__, Recipient.__tablename__)
     campaign.state = CampaignState.SCHEDULED
     campaign.scheduled_at, campaign.timezone = at, timezone
     campaign.send_window = window.to_json() if window else None
