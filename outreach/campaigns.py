@@ -11,14 +11,14 @@ from pathlib import Path
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Table, bindparam, func, insert, literal, select
+from sqlalchemy import Table, bindparam, func, insert, literal, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from outreach import db, deliveries, registry
 from outreach.compose import check_header, make_message_id
 from outreach.config import Settings
-from outreach.errors import InputError, NotFound
+from outreach.errors import Conflict, InputError, NotFound
 from outreach.fax import fax_address
 from outreach.letters import load_template
 from outreach.models import (
@@ -223,10 +223,10 @@ def schedule(
     created = create_deliveries(session, campaign, settings)
     if created:  # the tables the send loop joins, just filled: planned on their statistics
         db.analyze(session, Delivery.__tablename__, Recipient.__tablename__)
-    campaign.state = CampaignState.SCHEDULED
-    campaign.scheduled_at, campaign.timezone = at, timezone
-    campaign.send_window = window.to_json() if window else None
-    campaign.rate = rate or None
+    _move(
+        session, campaign, CampaignState.SCHEDULED, scheduled_at=at, timezone=timezone,
+        send_window=window.to_json() if window else None, rate=rate or None,
+    )  # fmt: skip
     when = at.astimezone(ZoneInfo(timezone)) if timezone else at
     log(session, campaign, f"scheduled for {when:%Y-%m-%d %H:%M %Z}")
     return created
@@ -239,11 +239,7 @@ def pause(
     on the wire finishes. `resume_at` is for the circuit breaker; the team resumes by hand."""
     if campaign.state not in (CampaignState.RUNNING, CampaignState.SCHEDULED, CampaignState.PAUSED):
         raise InputError(f"campaign {campaign.name} is {campaign.state}; it cannot be paused")
-    campaign.state, campaign.paused_reason, campaign.resume_at = (
-        CampaignState.PAUSED,
-        reason,
-        resume_at,
-    )
+    _move(session, campaign, CampaignState.PAUSED, paused_reason=reason, resume_at=resume_at)
     _take_back(session, campaign, reason)
     log(session, campaign, f"paused: {reason}")
 
@@ -252,8 +248,8 @@ def resume(session: Session, campaign: Campaign) -> None:
     if campaign.state != CampaignState.PAUSED:
         raise InputError(f"campaign {campaign.name} is {campaign.state}, not paused")
     due = campaign.scheduled_at is None or campaign.scheduled_at <= utcnow()
-    campaign.state = CampaignState.RUNNING if due else CampaignState.SCHEDULED
-    campaign.paused_reason, campaign.resume_at = "", None
+    target = CampaignState.RUNNING if due else CampaignState.SCHEDULED
+    _move(session, campaign, target, paused_reason="", resume_at=None)
     log(session, campaign, "resumed")
 
 
@@ -261,7 +257,7 @@ def cancel(session: Session, campaign: Campaign) -> int:
     """Cancel every delivery not yet sent; returns how many. Sent ones stay sent."""
     if campaign.state in (CampaignState.DONE, CampaignState.CANCELLED):
         raise InputError(f"campaign {campaign.name} is already {campaign.state}")
-    campaign.state = CampaignState.CANCELLED
+    _move(session, campaign, CampaignState.CANCELLED)
     count = 0
     for source in (Status.PENDING, Status.QUEUED, Status.DEFERRED):
         ids = _ids(session, campaign, source)
@@ -278,10 +274,38 @@ def resend(session: Session, delivery_ids: Sequence[int]) -> list[int]:
     )
     theirs = select(Delivery.campaign_id).where(Delivery.id.in_(requeued))
     done = select(Campaign).where(Campaign.state == CampaignState.DONE, Campaign.id.in_(theirs))
-    for campaign in session.scalars(done):
-        campaign.state = CampaignState.RUNNING
-        log(session, campaign, "running again: deliveries were resent")
+    for campaign in list(session.scalars(done)):
+        if advance(session, campaign, CampaignState.DONE, CampaignState.RUNNING):
+            log(session, campaign, "running again: deliveries were resent")
     return requeued
+
+
+def advance(
+    session: Session, campaign: Campaign, source: str, target: CampaignState, **values: object
+) -> bool:
+    """Move a campaign from `source` to `target`, writing `values` with it, only if it is still
+    in `source`: a compare-and-swap. Every change of a campaign's state goes through here, so a
+    move another process committed after this one read the campaign (the team's cancel, the
+    dispatcher's `done`) stands instead of being written over. False if it was lost."""
+    moved = session.execute(
+        update(Campaign)
+        .where(Campaign.id == campaign.id, Campaign.state == source)
+        .values(state=target, **values)
+        .execution_options(synchronize_session=False)
+    )
+    session.expire(campaign)  # read again, as it now is
+    return bool(moved.rowcount)
+
+
+def _move(session: Session, campaign: Campaign, target: CampaignState, **values: object) -> None:
+    """A command's move of a campaign from the state it read; if another process moved it
+    since, the command changes nothing and says so."""
+    name, source = campaign.name, campaign.state
+    if not advance(session, campaign, source, target, **values):
+        raise Conflict(
+            f"campaign {name} changed while this command ran: it was {source} and is now "
+            f"{campaign.state}; nothing was changed (run the command again if it still applies)"
+        )
 
 
 def in_motion(

@@ -72,7 +72,7 @@ def tick(session: Session, settings: Settings, now: datetime) -> Tick:
         room -= len(queued)
         result.batches += batches(queued, settings.batch_size)
         done = not queued and _finished(session, campaign, channels)
-        if done and _advance(session, campaign, CampaignState.RUNNING, CampaignState.DONE):
+        if done and campaigns.advance(session, campaign, CampaignState.RUNNING, CampaignState.DONE):
             campaigns.log(session, campaign, "done: no delivery left to send")
             result.finished.append(campaign.name)
     return result
@@ -92,27 +92,11 @@ def _start_due(session: Session, now: datetime, result: Tick) -> None:
     for campaign in due:
         was = campaign.state
         what = "started" if was == CampaignState.SCHEDULED else "resumed"
-        if _advance(
+        if campaigns.advance(
             session, campaign, was, CampaignState.RUNNING, paused_reason="", resume_at=None
         ):
             campaigns.log(session, campaign, what)
             result.started.append(campaign.name)
-
-
-def _advance(
-    session: Session, campaign: Campaign, source: str, target: CampaignState, **values: object
-) -> bool:
-    """The tick's move of a campaign, only if it is still in the state the tick read: the team's
-    cancel or pause, committed meanwhile by another process, stands. (Assigned, the state was
-    written over it: a campaign cancelled while the tick ran came out `done`.)"""
-    moved = session.execute(
-        update(Campaign)
-        .where(Campaign.id == campaign.id, Campaign.state == source)
-        .values(state=target, **values)
-        .execution_options(synchronize_session=False)
-    )
-    session.expire(campaign)  # read again, as it now is
-    return bool(moved.rowcount)
 
 
 def _recover(session: Session, settings: Settings, now: datetime, result: Tick) -> None:

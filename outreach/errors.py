@@ -9,6 +9,7 @@
     ├── AttachmentError           an attachment is missing or outside the template folder
     ├── NotFound                  a named campaign, recipient or delivery does not exist
     ├── TransitionError           a delivery status change the state machine forbids
+    ├── Conflict                  another process changed the campaign while a command ran
     ├── InboxError                the team's mailbox cannot be read (connection, TLS, login)
     └── SmtpError                 the SMTP conversation failed
         ├── TransientSmtpError    4xx, timeout, dropped connection: try again later
@@ -63,6 +64,13 @@ class NotFound(OutreachError):
 
 class TransitionError(OutreachError):
     exit_code = 70  # EX_SOFTWARE
+
+
+class Conflict(OutreachError):
+    """Another process moved the campaign between this command's read and its write; the
+    command changed nothing, and running it again decides on the campaign as it now is."""
+
+    exit_code = 75  # EX_TEMPFAIL
 
 
 class InboxError(OutreachError):

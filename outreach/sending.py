@@ -43,6 +43,7 @@ from outreach.deliveries import Verdict
 from outreach.dispatch import account_limits
 from outreach.errors import (
     ConfigError,
+    Conflict,
     OutreachError,
     PermanentSmtpError,
     SmtpError,
@@ -210,7 +211,10 @@ def _trip(
     )
     for campaign in session.scalars(select(Campaign).where(Campaign.id.in_(campaign_ids))):
         if campaign.state == CampaignState.RUNNING:
-            campaigns.pause(session, campaign, f"SMTP: {exc}", resume_at=resume_at)
+            try:
+                campaigns.pause(session, campaign, f"SMTP: {exc}", resume_at=resume_at)
+            except Conflict:  # the team (or another breaker) moved it meanwhile: theirs stands
+                continue
     _give_back(session, delivery_ids, f"not sent: {exc}")
     log.warning("circuit breaker: %s; campaigns %s paused", exc, sorted(campaign_ids))
 

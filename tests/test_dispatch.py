@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from outreach import campaigns, db, deliveries, dispatch, registry
 from outreach.config import load_settings
+from outreach.errors import Conflict
 from outreach.models import Campaign, CampaignState, Delivery, Event, Status, utcnow
 from outreach.windows import Window
 
@@ -153,3 +154,39 @@ def test_a_cancel_committed_while_the_tick_runs_stands(
         assert campaigns.get_campaign(session, "c").state == CampaignState.CANCELLED
         logged = session.scalars(select(Event.detail).where(Event.kind == "campaign"))
         assert not any(detail.startswith("done") for detail in logged)
+
+
+def _campaign_log(url: str) -> tuple[str, list[str]]:
+    with db.session_scope(url) as session:
+        logged = session.scalars(select(Event.detail).where(Event.kind == "campaign"))
+        return campaigns.get_campaign(session, "c").state, list(logged)
+
+
+def test_a_cancel_that_loses_to_the_tick_changes_nothing(database_url: str, plain: Path) -> None:
+    """The team's cancel read the campaign as running; the tick found it finished and committed
+    `done` before the cancel wrote. The cancel says so and changes nothing (it assigned the
+    state: a campaign that had finished came out cancelled)."""
+    _all_sent(database_url, plain)
+    lost = pytest.raises(Conflict, match="it was running and is now done; nothing was changed")
+    with lost, db.session_scope(database_url) as team:
+        campaign = campaigns.get_campaign(team, "c")
+        assert _tick(database_url, MONDAY_NOON).finished == ["c"]  # another process
+        campaigns.cancel(team, campaign)
+    state, logged = _campaign_log(database_url)
+    assert state == CampaignState.DONE and logged[-1].startswith("done")
+
+
+def test_a_pause_that_loses_to_a_cancel_changes_nothing(database_url: str, plain: Path) -> None:
+    """Two of the team at once: one cancels while the other's pause has read the campaign as
+    running. The cancel stands (the pause wrote over it, and a resume would have run it again)."""
+    _campaign(database_url, plain, MONDAY_NOON)
+    _tick(database_url, MONDAY_NOON)
+    lost = pytest.raises(Conflict, match="it was running and is now cancelled")
+    with lost, db.session_scope(database_url) as pausing:
+        campaign = campaigns.get_campaign(pausing, "c")
+        with db.session_scope(database_url) as cancelling:
+            campaigns.cancel(cancelling, campaigns.get_campaign(cancelling, "c"))
+        campaigns.pause(pausing, campaign, "by the team")
+    state, logged = _campaign_log(database_url)
+    assert state == CampaignState.CANCELLED and not any(d.startswith("paused") for d in logged)
+    assert set(_statuses(database_url)) == {Status.CANCELLED}
