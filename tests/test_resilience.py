@@ -302,6 +302,24 @@ def sent_count(server: RecordingServer) -> int:
 # --- scenarios ------------------------------------------------------------------------------
 
 
+def test_a_worker_says_as_it_starts_that_its_database_cannot_be_reached(
+    env: dict[str, str], broker: Broker, tmp_path: Path
+) -> None:
+    """Each worker process opens its database connection as it starts (its first task no
+    longer waits for it), so a database that is down is reported then, without its password,
+    rather than at the first campaign; the worker stays up for when it is back."""
+    url = "postgresql://outreach:s3cret@127.0.0.1:1/outreach"  # nothing listens on port 1
+    run_env = {**env, **FAST, "OUTREACH_DATABASE_URL": url, "OUTREACH_BROKER_URL": broker.url}
+    with cluster(run_env, tmp_path / "logs") as group:
+        worker = group.worker("w1")
+        said = wait_for(
+            "the warning", lambda: "cannot reach the database" in worker.text(), timeout=10
+        )
+        assert said and "postgresql://outreach:***@127.0.0.1:1/outreach" in worker.text()
+        assert "s3cret" not in worker.text()
+        assert worker.alive()
+
+
 def test_500_recipients_across_two_workers(
     scene_factory: Callable[..., Scene], database_url: str, smtp_server: RecordingServer
 ) -> None:
