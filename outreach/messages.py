@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from itertools import repeat
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from weakref import WeakKeyDictionary
 
 from sqlalchemy import Engine, select
@@ -42,7 +42,10 @@ from outreach.models import (
     Role,
     utcnow,
 )
-from outreach.pdf import Letter, PdfRenderer, layout_problems, render_all, renderer_for
+from outreach.pdf import Letter, layout_problems, render_all, renderer_for
+
+if TYPE_CHECKING:
+    from outreach.typeset import PdfRenderer
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pypdf import PdfReader, PdfWriter
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
@@ -110,6 +109,8 @@ def _render(kit: messages.Kit, delivery: Delivery) -> Attachment:
 
 def _laid_out(rows: list[Delivery], letters: list[Attachment]) -> list[Printed]:
     """Each letter's first page in the pack: always odd, a blank page after an odd-length one."""
+    from pypdf import PdfReader  # here, not at the top: a tenth of a second only packs need
+
     result, page = [], 1
     for delivery, letter in zip(rows, letters, strict=True):
         pages = len(PdfReader(io.BytesIO(letter.data)).pages)
@@ -120,6 +121,8 @@ def _laid_out(rows: list[Delivery], letters: list[Attachment]) -> list[Printed]:
 
 def _merged(letters: list[Printed]) -> bytes:
     """One PDF of all letters, padded with blank pages so that each starts on a new sheet."""
+    from pypdf import PdfReader, PdfWriter  # as in _laid_out
+
     writer = PdfWriter()
     for item in letters:
         reader = PdfReader(io.BytesIO(item.letter.data))

@@ -23,7 +23,8 @@ from pypdf import PdfReader
 
 from outreach.errors import TemplateError
 from outreach.letters import build_context, load_template, recipient_view
-from outreach.pdf import DIN_5008_B, PdfRenderer, layout_problems, renderer_for
+from outreach.pdf import DIN_5008_B, layout_problems, renderer_for
+from outreach.typeset import PdfRenderer
 from tests.smtpd import RecordingServer
 from tests.test_send_pipeline import TEMPLATE, create, letter_env, outreach, parsed  # noqa: F401
 

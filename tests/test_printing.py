@@ -16,7 +16,7 @@ from outreach import campaigns, config, db, messages, prepare, printing, registr
 from outreach.cli_letters import register
 from outreach.config import load_settings
 from outreach.models import Delivery, Event, utcnow
-from outreach.pdf import PdfRenderer
+from outreach.typeset import PdfRenderer
 from tests.test_send_pipeline import TEMPLATE
 
 POSTAL = """\

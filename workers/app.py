@@ -15,7 +15,7 @@ from celery import Celery
 from celery.signals import worker_init, worker_process_init
 from sqlalchemy.exc import SQLAlchemyError
 
-from outreach import db, salutations
+from outreach import db, pdf, salutations
 from outreach.config import Settings, get_settings
 from outreach.models import Base
 
@@ -77,9 +77,10 @@ app = make_app(get_settings())
 def _load_shared_data(**_: Any) -> None:
     """In the worker's parent, before its pool forks: what each pool process would otherwise
     do for itself in its first task (Babel's data and SQLAlchemy's configuration of the
-    mappers, 10 to 15 ms of CPU each a process)."""
+    mappers, 10 to 15 ms of CPU each a process) or its first PDF letter (WeasyPrint)."""
     salutations.load_locales()
     Base.registry.configure()
+    pdf.load_renderer()
 
 
 @worker_process_init.connect
