@@ -109,7 +109,8 @@ def profile(url: str, csv_path: Path, args: argparse.Namespace) -> None:
 
     db._commit = committing  # type: ignore[assignment]
     kits, throttle = sending.KitCache(), LocalThrottle()
-    backends = run.pg_backends(url.rsplit("/", 1)[1]) if args.db == "postgresql" else list
+    pg = run.pg_backends(url.rsplit("/", 1)[1])
+    backends = (lambda: pg(run.Scan())) if args.db == "postgresql" else list
     backend0 = {pid: run.cpu_seconds(pid) or 0.0 for pid in backends()}
     spent = time_steps() if args.steps else Counter()
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
