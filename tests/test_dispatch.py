@@ -212,5 +212,6 @@ def test_two_ticks_at_once_take_turns(database_url: str, plain: Path) -> None:
         other.join(1.0)
         assert other.is_alive(), "the second tick did not wait for the first"
     other.join(10)
+    assert len(second) == 1, "the second tick did not finish"
     released = [i for tick in (first, *second) for batch in tick.batches for i in batch]
     assert len(released) == 2 and _statuses(database_url).count("queued") == 3
