@@ -43,3 +43,18 @@ def test_the_cli_starts_without_the_pdf_libraries() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert run.stdout.strip() == "[]", run.stdout
+
+
+def test_only_a_forking_worker_loads_weasyprint_before_its_tasks() -> None:
+    """A prefork worker's parent imports WeasyPrint for its pool processes to share; the
+    embedded worker (solo, threads) shares nothing that way, so its start leaves it out."""
+    code = (
+        "import importlib, sys, types; app = importlib.import_module('workers.app')\n"
+        "for pool in ('solo', 'threads', 'prefork'):\n"
+        "    app._load_shared_data(sender=types.SimpleNamespace(pool_cls=pool))\n"
+        "    print(pool, 'weasyprint' in sys.modules)"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert run.stdout.split() == ["solo", "False", "threads", "False", "prefork", "True"]
