@@ -159,3 +159,29 @@ def test_run_on_driver_stores_what_sqlalchemy_stores(database_url: str) -> None:
     stamp = at if database_url.startswith("postgresql") else "2026-11-26 05:00:00.123456"
     assert theirs_row.updated_at == stamp
     assert rows == [("sending", stamp, i) for i in [ids[0], *ids]]
+
+
+def test_the_kept_text_is_compressed_with_lz4_on_postgresql(database_url: str) -> None:
+    """PostgreSQL compresses a kept message's text with LZ4 (migration 0006), not pglz, and
+    it reads back whole. SQLite keeps it as it is."""
+    text_4k = "Sehr geehrte Frau Präsidentin, wir schreiben Ihnen heute. " * 70
+    with db.session_scope(database_url) as session:
+        campaign = Campaign(name="c", template_dir="/t", sender="S <s@example.org>")
+        recipient = Recipient(key="a@example.org", family_name="A", email="a@example.org")
+        session.add_all([campaign, recipient])
+        session.flush()
+        delivery = Delivery(
+            campaign_id=campaign.id, recipient_id=recipient.id, role="to", channel="email",
+            message_id="<1@example.org>", body_text=text_4k, body_html=text_4k,
+        )  # fmt: skip
+        session.add(delivery)
+        session.flush()
+        if session.get_bind().dialect.name == "postgresql":
+            method = text(
+                "SELECT pg_column_compression(body_text), pg_column_compression(body_html)"
+                " FROM deliveries WHERE id = :id"
+            )
+            assert session.execute(method, {"id": delivery.id}).one() == ("lz4", "lz4")
+    with db.session_scope(database_url) as session:
+        kept = session.scalars(select(Delivery.body_text)).one()
+        assert kept == text_4k
