@@ -9,14 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from outreach import campaigns, db, deliveries, dispatch, registry
 from outreach.config import load_settings
 from outreach.errors import Conflict
-from outreach.models import Campaign, CampaignState, Delivery, Event, Status, utcnow
+from outreach.models import Campaign, CampaignState, Delivery, Event, Recipient, Status, utcnow
 from outreach.windows import Window
+from tests.plans import first_plan, registry_rows
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "templates" / "open_letter"
 MONDAY_NOON = datetime(2026, 12, 7, 11, 0, tzinfo=UTC)
@@ -227,3 +228,32 @@ def test_two_ticks_at_once_take_turns(
     assert len(second) == 1, "the second tick did not finish"
     released = [i for tick in (first, *second) for batch in tick.batches for i in batch]
     assert len(released) == 2 and _statuses(database_url).count("queued") == 3
+
+
+def test_a_tick_reads_only_pending_deliveries_to_release_the_next(
+    database_url: str, plain: Path
+) -> None:
+    """PostgreSQL plans the release on the statistics gathered as the campaign was scheduled
+    (every delivery pending). Asked for `status = 'pending'` in id order, it read the
+    campaign's deliveries on the primary key and filtered them: each tick read every delivery
+    released before it (at 100k recipients, 85 rows of the table a message sent). It reads
+    the pending ones on ix_deliveries_campaign_status, in the same order."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("a choice of PostgreSQL's planner")
+    with db.session_scope(database_url) as session:
+        session.execute(insert(Recipient), registry_rows(6000))
+        campaign = campaigns.create_campaign(
+            session, name="many", template_dir=plain, sender="S <s@example.org>",
+            to=["tag:principal"],
+        )  # fmt: skip
+        assert campaigns.schedule(session, campaign, load_settings(), at=MONDAY_NOON) == 6000
+    first = _tick(database_url, MONDAY_NOON, max_in_flight=3000)
+    with db.session_scope(database_url) as session:  # as if the workers had sent them
+        session.execute(
+            update(Delivery).where(Delivery.status == Status.QUEUED).values(status=Status.SENT)
+        )
+    with first_plan(database_url, "SELECT deliveries.id, recipients.timezone") as plans:
+        second = _tick(database_url, MONDAY_NOON, max_in_flight=3000)
+    assert "ix_deliveries_campaign_status" in plans[0] and "pk_deliveries" not in plans[0], plans[0]
+    released = [[i for batch in tick.batches for i in batch] for tick in (first, second)]
+    assert released[0] + released[1] == list(range(released[0][0], released[0][0] + 6000))
