@@ -26,7 +26,7 @@ from outreach.throttle import Limits
 from outreach.windows import Window, zone_for
 
 OPEN = (Status.PENDING, Status.QUEUED, Status.SENDING, Status.DEFERRED)
-PENDING = Delivery.status.between(Status.PENDING, Status.PENDING)
+IS_PENDING = Delivery.status.between(Status.PENDING, Status.PENDING)
 """`status = 'pending'` written as a range, with the release order (campaign, status, id) that
 only ix_deliveries_campaign_status gives: the primary key could give it only by sorting every
 pending delivery. With an equality, PostgreSQL could read a campaign's deliveries in id order
@@ -207,7 +207,7 @@ def _releasable(
         return []
     conditions = [
         Delivery.campaign_id == campaign.id,
-        PENDING,
+        IS_PENDING,
         Delivery.channel.in_(channels),
         or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
     ]
@@ -256,7 +256,7 @@ def _ask_letters(
         return []
     missing = (
         Delivery.campaign_id.in_(lettered),
-        PENDING,
+        IS_PENDING,
         Delivery.channel.in_(channels),
         Delivery.letter_sha256.is_(None),
     )
