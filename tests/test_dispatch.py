@@ -255,5 +255,5 @@ def test_a_tick_reads_only_pending_deliveries_to_release_the_next(
     with first_plan(database_url, "SELECT deliveries.id, recipients.timezone") as plans:
         second = _tick(database_url, MONDAY_NOON, max_in_flight=3000)
     assert "ix_deliveries_campaign_status" in plans[0] and "pk_deliveries" not in plans[0], plans[0]
-    released = [[i for batch in tick.batches for i in batch] for tick in (first, second)]
-    assert released[0] + released[1] == list(range(released[0][0], released[0][0] + 6000))
+    released = [i for tick in (first, second) for batch in tick.batches for i in batch]
+    assert released == list(range(released[0], released[0] + 6000))
