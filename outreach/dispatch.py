@@ -89,21 +89,16 @@ def tick(session: Session, settings: Settings, now: datetime) -> Tick:
 
 
 def _take_turn(session: Session) -> None:
-    """Wait for a tick running elsewhere to commit, and make the next one wait for this one's
-    (beat's ticks pile up behind the batches in the queue and then run side by side;
-    `campaign send` ticks too). Side by side, each counted what was in flight before the
-    other's commit, so together they released twice `max_in_flight` (3,968 against 2,000, end
-    to end). On PostgreSQL one's FOR UPDATE SKIP LOCKED, finding a delivery the other had just
-    queued, also locked it to recheck it and kept the lock until its own commit: a worker's
-    claim then skipped the delivery as taken, and it waited `queued_timeout` (5 minutes) to be
-    queued again. PostgreSQL: an advisory lock of the transaction. SQLite: its write lock,
-    taken at the tick's start (`BEGIN IMMEDIATE`) instead of at its first write; the send
-    loop's writes wait for it as they wait for the tick's writes."""
-    connection = session.connection()
-    if connection.dialect.name == "postgresql":
+    """PostgreSQL: wait for a tick running elsewhere to commit (beat's ticks pile up behind the
+    batches in the queue and then run side by side; `campaign send` ticks too). Side by side,
+    each counted what was in flight before the other's commit, so together they released
+    twice `max_in_flight` (3,968 against 2,000, end to end). And one's FOR UPDATE SKIP LOCKED,
+    finding a delivery the other had just queued, locked it to recheck it and kept the lock
+    until its own commit: a worker's claim then skipped the delivery as taken, and it waited
+    `queued_timeout` (5 minutes) to be queued again. SQLite has no row locks; its ticks are
+    left as they were, and side by side may still release more than `max_in_flight`."""
+    if session.get_bind().dialect.name == "postgresql":
         session.execute(select(func.pg_advisory_xact_lock(TURN)))
-    elif not connection.connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _start_due(session: Session, now: datetime, result: Tick) -> None:
