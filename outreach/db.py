@@ -14,10 +14,10 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import Executable, create_engine, event, text
+from sqlalchemy import Executable, create_engine, event, func, select, text
 from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 from sqlalchemy.sql.compiler import SQLCompiler
 
 from outreach.errors import ConfigError
@@ -80,6 +80,39 @@ def write_turn(session: Session) -> Iterator[None]:
     finally:
         if fd is not None:
             fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def transaction_turn(session: Session, key: int, name: str) -> None:
+    """Wait until no other session holds this turn, then hold it until this session's
+    transaction ends, committed or not: for a step that reads, decides and writes, and must
+    not decide on what another such step is about to change. PostgreSQL: an advisory lock of
+    the transaction (`key`). SQLite: an exclusive flock on `<database>.<name>-lock`, on a
+    descriptor of its own (a thread of the same process must wait too), closed at the end.
+    It is not SQLite's write lock: the send loop's writes go on meanwhile."""
+    connection = session.connection()  # the transaction the turn lasts for
+    if connection.dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(key)))
+        return
+    path = connection.engine.url.database
+    if connection.dialect.name != "sqlite" or not path or path == ":memory:":
+        return
+    fd = os.open(f"{path}.{name}-lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except BaseException:
+        os.close(fd)
+        raise
+    session.info.setdefault(_TURNS, []).append(fd)
+
+
+_TURNS = "outreach_turns"  # Session.info: the descriptors of the SQLite turns it holds
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _end_turns(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:  # not a SAVEPOINT's end
+        for fd in session.info.pop(_TURNS, ()):
+            os.close(fd)  # the flock goes with it
 
 
 _DRIVER_COMMITS = "outreach_driver_commits"  # the execution option `turn_session` sets

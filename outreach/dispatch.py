@@ -18,7 +18,7 @@ from pathlib import Path
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
-from outreach import campaigns, deliveries
+from outreach import campaigns, db, deliveries
 from outreach.config import Settings
 from outreach.models import Campaign, CampaignState, Channel, Delivery, Recipient, Status
 from outreach.pdf import has_layout
@@ -37,7 +37,7 @@ RELEASE_ORDER = (Delivery.campaign_id, Delivery.status, Delivery.id)
 
 
 LETTERS_PER_TASK = 4  # about 0.7 s of rendering: spread over the worker processes
-TURN = 0x6F7574726561  # PostgreSQL's advisory lock that ticks take in turn ("outrea")
+TURN = 0x6F7574726561  # the ticks' turn: PostgreSQL's advisory lock ("outrea")
 
 
 @dataclass
@@ -89,16 +89,15 @@ def tick(session: Session, settings: Settings, now: datetime) -> Tick:
 
 
 def _take_turn(session: Session) -> None:
-    """PostgreSQL: wait for a tick running elsewhere to commit (beat's ticks pile up behind the
-    batches in the queue and then run side by side; `campaign send` ticks too). Side by side,
-    each counted what was in flight before the other's commit, so together they released
-    twice `max_in_flight` (3,968 against 2,000, end to end). And one's FOR UPDATE SKIP LOCKED,
-    finding a delivery the other had just queued, locked it to recheck it and kept the lock
-    until its own commit: a worker's claim then skipped the delivery as taken, and it waited
-    `queued_timeout` (5 minutes) to be queued again. SQLite has no row locks; its ticks are
-    left as they were, and side by side may still release more than `max_in_flight`."""
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(select(func.pg_advisory_xact_lock(TURN)))
+    """Wait for a tick running elsewhere to commit, and make the next one wait for this one's
+    (beat's ticks pile up behind the batches in the queue and then run side by side;
+    `campaign send` ticks too). Side by side, each counted what was in flight before the
+    other's commit, so together they released twice `max_in_flight` (3,968 against 2,000, end
+    to end). On PostgreSQL one's FOR UPDATE SKIP LOCKED, finding a delivery the other had just
+    queued, also locked it to recheck it and kept the lock until its own commit: a worker's
+    claim then skipped the delivery as taken, and it waited `queued_timeout` (5 minutes) to be
+    queued again."""
+    db.transaction_turn(session, TURN, "tick")
 
 
 def _start_due(session: Session, now: datetime, result: Tick) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import multiprocessing
 import queue
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from multiprocessing.queues import Queue
@@ -105,6 +106,33 @@ def test_a_failed_turn_in_a_turn_session_on_sqlite_leaves_none_of_its_writes(
             session.add(Suppression(key="kept@example.org", email="kept@example.org"))
     with sessions() as reader:
         assert list(reader.scalars(select(Suppression.key))) == ["kept@example.org"]
+
+
+def test_a_transaction_turn_lasts_until_its_transaction_ends(database_url: str) -> None:
+    """Steps that read, decide and write (the dispatcher's tick) take turns: a second waits
+    until the first's transaction ends, committed or rolled back. Writers that take no turn
+    go on meanwhile: on SQLite the turn is not the write lock, so the send loop never waits
+    on a tick's reads."""
+    entered = threading.Event()
+
+    def second() -> None:
+        with db.session_scope(database_url) as session:
+            db.transaction_turn(session, 1, "probe")
+            entered.set()
+
+    for end, address in (("commit", "a@example.org"), ("rollback", "b@example.org")):
+        entered.clear()
+        holder = db.session_factory(database_url)()
+        db.transaction_turn(holder, 1, "probe")
+        other = threading.Thread(target=second)
+        other.start()
+        with db.session_scope(database_url) as writer:
+            writer.add(Suppression(key=address, email=address))
+        assert not entered.wait(0.5), "the second turn did not wait for the first"
+        getattr(holder, end)()
+        assert entered.wait(10), f"the turn was still held after the {end}"
+        other.join(10)
+        holder.close()
 
 
 def test_run_on_driver_stores_what_sqlalchemy_stores(database_url: str) -> None:

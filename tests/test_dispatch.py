@@ -6,6 +6,7 @@ import shutil
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import insert, select, update
@@ -194,24 +195,33 @@ def test_a_pause_that_loses_to_a_cancel_changes_nothing(database_url: str, plain
     assert set(_statuses(database_url)) == {Status.CANCELLED}
 
 
-def test_two_ticks_at_once_take_turns(database_url: str, plain: Path) -> None:
-    """PostgreSQL: a tick waits for one running elsewhere to commit. Side by side, each counted
-    what was in flight before the other's commit, and together they released more than
-    `max_in_flight` (end to end, 3,968 against 2,000)."""
-    if not database_url.startswith("postgresql"):
-        pytest.skip("ticks take PostgreSQL's advisory lock; SQLite has no row locks")
+def test_two_ticks_at_once_take_turns(
+    database_url: str, plain: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tick waits for one running elsewhere to commit. Side by side, the second counted what
+    was in flight before the first's commit and chose what to release after it, and together
+    they released more than `max_in_flight` (end to end, 3,968 against 2,000)."""
     now = utcnow()  # nothing queued looks stale to the ticks
     _campaign(database_url, plain, now)
     assert len(_tick(database_url, now, max_in_flight=1).batches) == 1  # started, 1 in flight
     second: list[dispatch.Tick] = []
+    committed = threading.Event()
+    releasable = dispatch._releasable
+
+    def after_the_first(*args: Any) -> list[int]:  # the second tick's choice, once it committed
+        committed.wait(10)
+        return releasable(*args)
+
     with db.session_scope(database_url) as session:
         first = dispatch.tick(session, load_settings(max_in_flight=3), now)  # not committed yet
+        monkeypatch.setattr(dispatch, "_releasable", after_the_first)
         other = threading.Thread(
             target=lambda: second.append(_tick(database_url, now, max_in_flight=3))
         )
         other.start()
         other.join(1.0)
         assert other.is_alive(), "the second tick did not wait for the first"
+    committed.set()
     other.join(10)
     assert len(second) == 1, "the second tick did not finish"
     released = [i for tick in (first, *second) for batch in tick.batches for i in batch]
