@@ -497,6 +497,7 @@ def outreach_run(services: Services, kind: str, n: int, args: argparse.Namespace
     if kind == "postgresql":
         groups["postgresql backends"] = pg_backends(url.rsplit("/", 1)[1])
         groups["(postgresql aux, shared)"] = pg_aux
+    done(url)  # this script's poller connects now: its server process starts outside the run
     monitor = Monitor(groups)
     send_wall, send_cpu, code = run_timed(
         [PY, "-m", "outreach", "campaign", "send", "bench", "--yes", "--no-wait"],
