@@ -640,33 +640,53 @@ def _seconds(value: float) -> str:
     return "failed" if math.isnan(value) else f"{value:.2f}"
 
 
-def table(ceil: Result, peers: dict[int, Result], runs: list[Result]) -> str:
-    head = ("run / process", "msg/s", "x ceiling", "x mailmerge", "CPU ms/msg", "worker RSS MB",
-            "create s", "counts ms", "report s", "send cmd s")  # fmt: skip
-    rows: list[tuple[str, ...]] = []
+def _ratio(result: Result) -> float:
+    """The run's messages a second over the ceiling measured in its own round."""
+    return result.rate / result.extra["ceiling"]
 
-    def add(result: Result, ratio_peer: Result | None) -> None:
+
+def median_run(results: list[Result], key: Callable[[Result], float]) -> Result:
+    """The run of the median `key` (the lower of two middles): a whole run, its CPU rows
+    those of the same run."""
+    return sorted(results, key=key)[(len(results) - 1) // 2]
+
+
+def table(ceilings: list[Result], peers: dict[int, Result], rounds: list[list[Result]]) -> str:
+    """One row group per run; with several rounds, the median round's run of each kind, and
+    every round's figure in the last column."""
+    head = ("run / process", "msg/s", "x ceiling", "x mailmerge", "CPU ms/msg", "worker RSS MB",
+            "create s", "counts ms", "report s", "send cmd s", "rounds")  # fmt: skip
+    rows: list[tuple[str, ...]] = []
+    several = len(ceilings) > 1
+
+    def add(result: Result, ratio_peer: Result | None, spread: str = "") -> None:
         extra = result.extra
         sent = bool(result.rate)  # a scale run sends nothing
         rows.append((
             result.run, f"{result.rate:,.0f}" if sent else "",
-            f"{result.rate / ceil.rate:.2f}" if sent else "",
+            f"{result.rate / extra.get('ceiling', ceil.rate):.2f}" if sent else "",
             f"{result.rate / ratio_peer.rate:.1f}" if ratio_peer and sent else "",
             f"{result.cpu_ms:.2f}" if sent else "", f"{extra['rss']:.0f}" if "rss" in extra else "",
             f"{extra['create_s']:.2f}" if "create_s" in extra else "",
             f"{extra['counts_ms']:.1f}" if "counts_ms" in extra else "",
             _seconds(extra["report_s"]) if "report_s" in extra else "",
-            f"{extra['send_cmd_s']:.1f}" if "send_cmd_s" in extra else "",
+            f"{extra['send_cmd_s']:.1f}" if "send_cmd_s" in extra else "", spread,
         ))  # fmt: skip
         for name, seconds in result.cpu.items():
             rows.append((f"  {name}", "", "", "", f"{1000 * seconds / result.n:.2f}",
-                         "", "", "", "", ""))  # fmt: skip
+                         "", "", "", "", "", ""))  # fmt: skip
 
-    add(ceil, None)
+    ceil = median_run(ceilings, key=lambda r: r.rate)
+    add(ceil, None, " ".join(f"{c.rate:,.0f}" for c in ceilings) if several else "")
     for _, result in sorted(peers.items()):
         add(result, None)
-    for result in runs:
-        add(result, peers.get(result.n) or (peers[max(peers)] if peers else None))
+    for runs in zip(*rounds, strict=True):  # the same kind of run, one per round
+        result = median_run(list(runs), key=_ratio) if "ceiling" in runs[0].extra else runs[0]
+        spread = " ".join(f"{_ratio(r):.2f}" for r in runs) if several and result.rate else ""
+        add(result, peers.get(result.n) or (peers[max(peers)] if peers else None), spread)
+    if not several:
+        rows = [r[:-1] for r in rows]
+        head = head[:-1]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     lines = [
         "  ".join(
@@ -699,6 +719,13 @@ def main() -> None:
         default="",
         help="sizes measured in process only (create, counts, report), e.g. 100000",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure the ceiling and every outreach run this many times, in turn; the table "
+        "shows the median round's run of each, every round's ratio in its last column",
+    )
     parser.add_argument("--timeout", type=float, default=3600)
     parser.add_argument("--keep", action="store_true", help="keep the PostgreSQL databases")
     parser.add_argument("--out", type=Path, default=HERE / "out")
@@ -714,30 +741,44 @@ def main() -> None:
         print(f"message: {size:,} bytes; sink on :{services.sink_port}, redis on "
               f":{services.redis_port}", flush=True)  # fmt: skip
         sessions = [int(s) for s in args.sessions.split(",")]
-        ceil = ceiling(services, sample, args.ceiling_messages, sessions)
         peers: dict[int, Result] = {}
         for n in sorted({min(n, args.peer_max) for n in sizes}):
             peers[n] = peer(services, n)
             print(f"  {peers[n].run}: {peers[n].rate:.0f} msg/s", flush=True)
-        runs = []
-        for kind in args.db.split(","):
-            for n in sizes:
-                result = outreach_run(services, kind, n, args)
-                print(f"  {result.run}: {result.rate:.0f} msg/s, {result.cpu_ms:.2f} CPU ms/msg, "
-                      f"load average {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
-                runs.append(result)
+        ceilings: list[Result] = []
+        rounds: list[list[Result]] = []
+        for number in range(1, args.rounds + 1):
+            if args.rounds > 1:
+                print(f"round {number} of {args.rounds}", flush=True)
+            ceilings.append(ceiling(services, sample, args.ceiling_messages, sessions))
+            sessions = [int(ceilings[0].run.rsplit(" ", 1)[1])]  # later rounds: the best
+            runs = []
+            for kind in args.db.split(","):
+                for n in sizes:
+                    result = outreach_run(services, kind, n, args)
+                    result.extra["ceiling"] = ceilings[-1].rate
+                    print(f"  {result.run}: {result.rate:.0f} msg/s ({_ratio(result):.2f} x "
+                          f"the round's ceiling), {result.cpu_ms:.2f} CPU ms/msg, load average "
+                          f"{os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
+                    runs.append(result)
+            rounds.append(runs)
         for kind in args.db.split(","):
             for n in [int(s) for s in args.scale.split(",") if s]:
-                runs.append(scale_run(kind, n, args.out))
-                print(f"  {runs[-1].run}: done", flush=True)
+                scaled = scale_run(kind, n, args.out)
+                for runs in rounds:
+                    runs.append(scaled)
+                print(f"  {scaled.run}: done", flush=True)
     finally:
         services.stop()
         if postfix_master_pids():
             print("warning: a Postfix master process is running", flush=True)
     print()
-    print(table(ceil, {min(n, args.peer_max): peers[min(n, args.peer_max)] for n in sizes}, runs))
-    (args.out / "results.json").write_text(json.dumps(
-        [r.__dict__ for r in [ceil, *peers.values(), *runs]], indent=1, default=str))  # fmt: skip
+    peers = {min(n, args.peer_max): peers[min(n, args.peer_max)] for n in sizes}
+    print(table(ceilings, peers, rounds))
+    every = [*ceilings, *peers.values(), *(r for runs in rounds for r in runs)]
+    (args.out / "results.json").write_text(
+        json.dumps([r.__dict__ for r in every], indent=1, default=str)
+    )
 
 
 if __name__ == "__main__":
