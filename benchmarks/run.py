@@ -524,8 +524,7 @@ def outreach_run(services: Services, kind: str, n: int, args: argparse.Namespace
     sent = count_sent(url)
     if sent != n:
         print(f"  warning: {sent} of {n} sent", flush=True)
-    if kind == "postgresql" and not args.keep:
-        fresh_database_drop(url)
+    let_go(url, drop=not args.keep)
     cpu["(campaign send: check all, CLI)"] = send_cpu
     return Result(
         f"outreach {kind}, N={n}", n, n / figures["elapsed_s"], cpu,
@@ -565,8 +564,7 @@ def scale_run(kind: str, n: int, out: Path) -> Result:
         vacuum_analyze(url)  # as autovacuum would, a while after such a bulk update
     figures = in_process(url)
     _engines[url] = db.get_engine(url)
-    if kind == "postgresql":
-        fresh_database_drop(url)
+    let_go(url, drop=True)
     return Result(
         f"outreach {kind}, N={n}, in process", n, 0.0, {}, {**figures, "create_s": created}
     )
@@ -625,12 +623,17 @@ def count_sent(url: str) -> int:
 _engines: dict = {}
 
 
-def fresh_database_drop(url: str) -> None:
+def let_go(url: str, *, drop: bool) -> None:
+    """This script's engine of the run's database disposed, and a PostgreSQL database dropped
+    if `drop`. A SQLite file of the same name in a later round is a new file, which a pooled
+    connection to the old one would go on reading (a run then looked done at its first
+    poll)."""
     import psycopg
 
     _engines.pop(url).dispose()
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+    if drop and url.startswith("postgresql"):
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
 
 
 # --- the table --------------------------------------------------------------------------------
