@@ -94,24 +94,25 @@ def transaction_turn(session: Session, key: int, name: str) -> None:
         session.execute(select(func.pg_advisory_xact_lock(key)))
         return
     path = connection.engine.url.database
-    if connection.dialect.name != "sqlite" or not path or path == ":memory:":
-        return
+    held = session.info.setdefault(_TURNS, {})
+    if connection.dialect.name != "sqlite" or not path or path == ":memory:" or name in held:
+        return  # held already: as PostgreSQL's, a turn taken twice does not wait on itself
     fd = os.open(f"{path}.{name}-lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
     except BaseException:
         os.close(fd)
         raise
-    session.info.setdefault(_TURNS, []).append(fd)
+    held[name] = fd
 
 
-_TURNS = "outreach_turns"  # Session.info: the descriptors of the SQLite turns it holds
+_TURNS = "outreach_turns"  # Session.info: the SQLite turns it holds, name -> descriptor
 
 
 @event.listens_for(Session, "after_transaction_end")
 def _end_turns(session: Session, transaction: SessionTransaction) -> None:
     if transaction.parent is None:  # not a SAVEPOINT's end
-        for fd in session.info.pop(_TURNS, ()):
+        for fd in session.info.pop(_TURNS, {}).values():
             os.close(fd)  # the flock goes with it
 
 

@@ -124,6 +124,7 @@ def test_a_transaction_turn_lasts_until_its_transaction_ends(database_url: str) 
         entered.clear()
         holder = db.session_factory(database_url)()
         db.transaction_turn(holder, 1, "probe")
+        db.transaction_turn(holder, 1, "probe")  # held already: no wait on itself
         other = threading.Thread(target=second)
         other.start()
         with db.session_scope(database_url) as writer:
