@@ -654,9 +654,14 @@ def median_run(results: list[Result], key: Callable[[Result], float]) -> Result:
     return sorted(results, key=key)[(len(results) - 1) // 2]
 
 
-def table(ceilings: list[Result], peers: dict[int, Result], rounds: list[list[Result]]) -> str:
+def table(
+    ceilings: list[Result],
+    peers: dict[int, Result],
+    rounds: list[list[Result]],
+    scaled: list[Result],
+) -> str:
     """One row group per run; with several rounds, the median round's run of each kind, and
-    every round's figure in the last column."""
+    every round's figure in the last column. `scaled`: the in-process runs, measured once."""
     head = ("run / process", "msg/s", "x ceiling", "x mailmerge", "CPU ms/msg", "worker RSS MB",
             "create s", "counts ms", "report s", "send cmd s", "rounds")  # fmt: skip
     rows: list[tuple[str, ...]] = []
@@ -684,9 +689,11 @@ def table(ceilings: list[Result], peers: dict[int, Result], rounds: list[list[Re
     for _, result in sorted(peers.items()):
         add(result, None)
     for runs in zip(*rounds, strict=True):  # the same kind of run, one per round
-        result = median_run(list(runs), key=_ratio) if "ceiling" in runs[0].extra else runs[0]
-        spread = " ".join(f"{_ratio(r):.2f}" for r in runs) if several and result.rate else ""
+        result = median_run(list(runs), key=_ratio)
+        spread = " ".join(f"{_ratio(r):.2f}" for r in runs) if several else ""
         add(result, peers.get(result.n) or (peers[max(peers)] if peers else None), spread)
+    for result in scaled:
+        add(result, None)
     if not several:
         rows = [r[:-1] for r in rows]
         head = head[:-1]
@@ -765,20 +772,19 @@ def main() -> None:
                           f"{os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
                     runs.append(result)
             rounds.append(runs)
+        scaled: list[Result] = []
         for kind in args.db.split(","):
             for n in [int(s) for s in args.scale.split(",") if s]:
-                scaled = scale_run(kind, n, args.out)
-                for runs in rounds:
-                    runs.append(scaled)
-                print(f"  {scaled.run}: done", flush=True)
+                scaled.append(scale_run(kind, n, args.out))
+                print(f"  {scaled[-1].run}: done", flush=True)
     finally:
         services.stop()
         if postfix_master_pids():
             print("warning: a Postfix master process is running", flush=True)
     print()
     peers = {min(n, args.peer_max): peers[min(n, args.peer_max)] for n in sizes}
-    print(table(ceilings, peers, rounds))
-    every = [*ceilings, *peers.values(), *(r for runs in rounds for r in runs)]
+    print(table(ceilings, peers, rounds, scaled))
+    every = [*ceilings, *peers.values(), *(r for runs in rounds for r in runs), *scaled]
     (args.out / "results.json").write_text(
         json.dumps([r.__dict__ for r in every], indent=1, default=str)
     )
