@@ -66,9 +66,8 @@ def write_turn(session: Session) -> Iterator[None]:
     process waiting for it. Elsewhere only the commit (PostgreSQL locks rows, and wakes its
     waiters when a lock is released; on the send loop's connection, in autocommit, each
     statement has committed itself: `turn_session`)."""
-    engine = session.get_bind().engine
-    path = engine.url.database if engine.dialect.name == "sqlite" else None
-    fd = _lock_file(os.getpid(), path) if path and path != ":memory:" else None
+    path = _sqlite_file(session.get_bind().engine)
+    fd = _lock_file(os.getpid(), path) if path else None
     if fd is not None:
         fcntl.flock(fd, fcntl.LOCK_EX)
     try:
@@ -82,6 +81,13 @@ def write_turn(session: Session) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_UN)
 
 
+def _sqlite_file(engine: Engine) -> str | None:
+    """The file of a SQLite database, beside which its turns' lock files lie; None for any
+    other database (PostgreSQL, SQLite in memory)."""
+    path = engine.url.database if engine.dialect.name == "sqlite" else None
+    return path if path and path != ":memory:" else None
+
+
 def transaction_turn(session: Session, key: int, name: str) -> None:
     """Wait until no other session holds this turn, then hold it until this session's
     transaction ends, committed or not: for a step that reads, decides and writes, and must
@@ -93,9 +99,9 @@ def transaction_turn(session: Session, key: int, name: str) -> None:
     if connection.dialect.name == "postgresql":
         session.execute(select(func.pg_advisory_xact_lock(key)))
         return
-    path = connection.engine.url.database
+    path = _sqlite_file(connection.engine)
     held = session.info.setdefault(_TURNS, {})
-    if connection.dialect.name != "sqlite" or not path or path == ":memory:" or name in held:
+    if not path or name in held:
         return  # held already: as PostgreSQL's, a turn taken twice does not wait on itself
     fd = os.open(f"{path}.{name}-lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
