@@ -628,10 +628,10 @@ def let_go(url: str, *, drop: bool) -> None:
     if `drop`. A SQLite file of the same name in a later round is a new file, which a pooled
     connection to the old one would go on reading (a run then looked done at its first
     poll)."""
-    import psycopg
-
     _engines.pop(url).dispose()
     if drop and url.startswith("postgresql"):
+        import psycopg
+
         with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
 
