@@ -31,6 +31,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
+import spy as spy_module  # noqa: E402
 import workload  # noqa: E402
 
 PY = str(ROOT / ".venv" / "bin" / "python")
@@ -498,6 +499,7 @@ def outreach_run(services: Services, kind: str, n: int, args: argparse.Namespace
         groups["postgresql backends"] = pg_backends(url.rsplit("/", 1)[1])
         groups["(postgresql aux, shared)"] = pg_aux
     done(url)  # this script's poller connects now: its server process starts outside the run
+    spy = spy_module.record(workers[0].pid, folder / "profile.txt") if args.profile else None
     monitor = Monitor(groups)
     send_wall, send_cpu, code = run_timed(
         [PY, "-m", "outreach", "campaign", "send", "bench", "--yes", "--no-wait"],
@@ -511,6 +513,11 @@ def outreach_run(services: Services, kind: str, n: int, args: argparse.Namespace
             raise RuntimeError(f"{kind} N={n}: not done after {args.timeout} s")
         time.sleep(0.5)
     cpu = monitor.stop()
+    if spy is not None:
+        spy_module.finish(spy)
+        profile = spy_module.summary(spy_module.steps(folder / "profile.txt", workers[0].pid))
+        (folder / "profile-summary.txt").write_text(profile + "\n")
+        print(profile, flush=True)
     rss = max(
         (mb for pid, mb in monitor.rss["workers"].items() if pid not in {w.pid for w in workers}),
         default=0.0,
@@ -735,6 +742,12 @@ def main() -> None:
         default=1,
         help="measure the ceiling and every outreach run this many times, in turn; the table "
         "shows the median round's run of each, every round's ratio in its last column",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy over the first worker in every outreach run: its CPU by step of the send "
+        "(py-spy shares the cores: not for the table's figures)",
     )
     parser.add_argument("--timeout", type=float, default=3600)
     parser.add_argument("--keep", action="store_true", help="keep the PostgreSQL databases")
