@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, tzinfo
 from email import quoprimime
 from email.generator import BytesGenerator
 from email.headerregistry import (
@@ -234,7 +234,7 @@ def _headers(spec: MessageSpec) -> list[tuple[str, str]]:
             raise HeaderError(f"{name!r} cannot be an extra header")
         check_header(name, value)
     headers = [
-        ("Date", format_datetime(spec.date)),
+        ("Date", _date(spec.date.replace(microsecond=0), spec.date.tzinfo)),
         ("From", spec.sender),
         ("To", spec.to),
         ("Cc", ", ".join(spec.cc)),
@@ -344,6 +344,14 @@ def _verbatim(name: str, value: str) -> bool:
     if issubclass(kind, DateHeader):
         return _date_verbatim(value)
     return False
+
+
+@lru_cache(maxsize=8)
+def _date(at: datetime, zone: tzinfo | None) -> str:
+    """A Date header's value, formatted once a second (`format_datetime` writes it to the
+    second; once a message it was a tenth of compose). The zone is in the key: one instant in
+    two zones is one datetime to `==`, but two Dates."""
+    return format_datetime(at)
 
 
 @lru_cache(maxsize=8)

@@ -176,16 +176,17 @@ def run_on_driver(
     column's type as SQLAlchemy would. For the send loop's statements, where SQLAlchemy's own
     path per execution (the statement's cache key, the parameters, the result) cost more than
     the database took to run them (SQLite: 0.23 of the worker's CPU ms a message for four
-    statements; PostgreSQL: 0.24 for its one). Returns the rows of a RETURNING as tuples; no
-    SQLAlchemy event fires, and the driver's errors come as they are."""
+    statements; PostgreSQL: 0.24 for its one). Returns the rows of a RETURNING as tuples (of
+    one set of parameters; none of many); no SQLAlchemy event fires, and the driver's errors
+    come as they are."""
     plan = _plan(statement, connection.dialect, tuple(sorted(rows[0])))
     cursor = connection.connection.cursor()
     try:
-        if len(rows) == 1:
-            cursor.execute(plan.sql, plan.values(rows[0]))
-        else:
+        if len(rows) > 1:
             cursor.executemany(plan.sql, [plan.values(row) for row in rows])
-        return [tuple(row) for row in cursor.fetchall()] if cursor.description else []
+            return []
+        cursor.execute(plan.sql, plan.values(rows[0]))
+        return [tuple(row) for row in cursor.fetchall()] if plan.returns else []
     finally:
         cursor.close()
 
@@ -195,6 +196,7 @@ class _Plan:
     """A statement compiled for one dialect and one set of parameter names."""
 
     sql: str
+    returns: bool  # a RETURNING (psycopg builds `cursor.description` anew each time it is read)
     names: tuple[str, ...]  # positional: in the order of the placeholders; named: all
     keys: tuple[str, ...] | None  # named: each name as the placeholder spells it
     fixed: Mapping[str, Any]  # values the statement carries itself (a literal compared to)
@@ -225,11 +227,13 @@ def _plan(statement: Executable, dialect: Dialect, names: tuple[str, ...]) -> _P
         if process is not None:
             processors[name] = process
     fixed = {name: bind.value for name, bind in binds.items() if not bind.required}
+    returns = bool(compiled.effective_returning)
     if compiled.positiontup is not None:
-        return _Plan(compiled.string, tuple(compiled.positiontup), None, fixed, processors)
+        positions = tuple(compiled.positiontup)
+        return _Plan(compiled.string, returns, positions, None, fixed, processors)
     escaped = compiled.escaped_bind_names
     keys = tuple(escaped.get(name, name) for name in binds)
-    return _Plan(compiled.string, tuple(binds), keys, fixed, processors)
+    return _Plan(compiled.string, returns, tuple(binds), keys, fixed, processors)
 
 
 def analyze(session: Session, *tables: str) -> None:

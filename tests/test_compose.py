@@ -430,3 +430,18 @@ def test_text_attachment_and_bad_content_type() -> None:
 def test_date_header_in_utc_stays_the_same_instant() -> None:
     when = datetime(2017, 11, 7, 8, 30, tzinfo=UTC)
     assert parse(compose(spec(date=when)))["Date"].datetime == when
+
+
+def test_each_message_has_the_date_of_its_own_zone_to_the_second() -> None:
+    """The Date is formatted once a second: the same instant in another zone is written in
+    that zone, and a message of the next second has its own."""
+    paris = datetime(2017, 11, 7, 9, 30, 0, 250_000, tzinfo=timezone(timedelta(hours=1)))
+    dates = [
+        parse(compose(spec(date=when)))["Date"]
+        for when in (paris, paris.astimezone(UTC), paris + timedelta(microseconds=800_000))
+    ]
+    assert dates == [
+        "Tue, 07 Nov 2017 09:30:00 +0100",
+        "Tue, 07 Nov 2017 08:30:00 +0000",
+        "Tue, 07 Nov 2017 09:30:01 +0100",
+    ]
