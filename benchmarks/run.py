@@ -31,7 +31,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
-import spy as spy_module  # noqa: E402
+import spy  # noqa: E402
 import workload  # noqa: E402
 
 PY = str(ROOT / ".venv" / "bin" / "python")
@@ -499,7 +499,7 @@ def outreach_run(services: Services, kind: str, n: int, args: argparse.Namespace
         groups["postgresql backends"] = pg_backends(url.rsplit("/", 1)[1])
         groups["(postgresql aux, shared)"] = pg_aux
     done(url)  # this script's poller connects now: its server process starts outside the run
-    spy = spy_module.record(workers[0].pid, folder / "profile.txt") if args.profile else None
+    sampler = spy.record(workers[0].pid, folder / "profile.txt") if args.profile else None
     monitor = Monitor(groups)
     send_wall, send_cpu, code = run_timed(
         [PY, "-m", "outreach", "campaign", "send", "bench", "--yes", "--no-wait"],
@@ -513,9 +513,9 @@ def outreach_run(services: Services, kind: str, n: int, args: argparse.Namespace
             raise RuntimeError(f"{kind} N={n}: not done after {args.timeout} s")
         time.sleep(0.5)
     cpu = monitor.stop()
-    if spy is not None:
-        spy_module.finish(spy)
-        profile = spy_module.summary(spy_module.steps(folder / "profile.txt", workers[0].pid))
+    if sampler is not None:
+        spy.finish(sampler)
+        profile = spy.summary(spy.steps(folder / "profile.txt", workers[0].pid))
         (folder / "profile-summary.txt").write_text(profile + "\n")
         print(profile, flush=True)
     rss = max(
@@ -753,6 +753,8 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the PostgreSQL databases")
     parser.add_argument("--out", type=Path, default=HERE / "out")
     args = parser.parse_args()
+    if args.profile and not Path(spy.SPY).exists():
+        parser.error(f"--profile: no {spy.SPY} (see README: From nothing)")
     sizes = [int(s) for s in args.sizes.split(",") if s]
     args.out.mkdir(parents=True, exist_ok=True)
     workload.write_pdf()

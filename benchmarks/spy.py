@@ -77,6 +77,7 @@ def steps(raw: Path, parent: int) -> Counter[str]:
 
 
 def summary(counts: Counter[str]) -> str:
+    """The steps, largest share first."""
     total = sum(counts.values()) or 1
     lines = [f"    {share:5.1%}  {step}" for step, share in
              sorted(((s, c / total) for s, c in counts.items()), key=lambda x: -x[1])]  # fmt: skip
