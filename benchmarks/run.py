@@ -285,7 +285,7 @@ def ceiling(services: Services, sample: Path, messages: int, sessions: list[int]
             raise RuntimeError(f"smtp-source exited {code}")
         result = Result(
             f"ceiling: smtp-source -s {s}", messages, messages / wall,
-            {"smtp-source": cpu, **sink},
+            {"smtp-source": cpu, **sink}, {"sessions": s},
         )  # fmt: skip
         print(f"  {result.run}: {result.rate:.0f} msg/s", flush=True)
         if best is None or result.rate > best.rate:
@@ -776,7 +776,7 @@ def main() -> None:
             if args.rounds > 1:
                 print(f"round {number} of {args.rounds}", flush=True)
             ceilings.append(ceiling(services, sample, args.ceiling_messages, sessions))
-            sessions = [int(ceilings[0].run.rsplit(" ", 1)[1])]  # later rounds: the best
+            sessions = [int(ceilings[0].extra["sessions"])]  # later rounds: the best
             runs = []
             for kind in args.db.split(","):
                 for n in sizes:
