@@ -16,7 +16,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from outreach import db, deliveries, registry
-from outreach.compose import check_header, make_message_id
+from outreach.compose import make_message_id, parse_address
 from outreach.config import Settings
 from outreach.errors import Conflict, InputError, NotFound
 from outreach.fax import fax_address
@@ -71,13 +71,12 @@ def create_campaign(
     if not to:
         raise InputError("a campaign needs at least one principal recipient (--to)")
     load_template(template_dir)
-    for header, value in [("From", sender), ("Reply-To", reply_to)]:
-        if value:
-            check_header(header, value)
-    if not _address(sender):
-        raise InputError(f"From: {sender!r} has no email address")
-    for address in [*cc_addresses, *bcc]:
-        check_header("Cc/Bcc", address)
+    # Each one address, as every message will need it: a Bcc is read only at the send, where
+    # one that is not an address would fail every delivery of the campaign.
+    addresses = [("From", sender), ("Reply-To", reply_to)] if reply_to else [("From", sender)]
+    addresses += [("Cc", value) for value in cc_addresses] + [("Bcc", value) for value in bcc]
+    for header, value in addresses:
+        parse_address(header, value)
     registry.select_rows(session, list(to))  # each selector must match someone
     registry.select_rows(session, list(cc))
     campaign = Campaign(

@@ -2,7 +2,8 @@
 
 Defaults keep everything on this machine: an SQLite file and a broker folder under
 OUTREACH_HOME, and SMTP to the local test mailbox (`outreach mailbox serve`) on 127.0.0.1:2525.
-Secrets (the SMTP password) come only from the environment and are never printed.
+Secrets (the SMTP and IMAP passwords, the VERP key, a password in a URL) come only from the
+environment, and are never printed: a settings file that holds one is refused.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import parse_qs, urlsplit
 
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import (
@@ -23,6 +25,31 @@ from pydantic_settings import (
 from outreach.errors import ConfigError
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+SECRETS = ("smtp_password", "imap_password", "verp_secret")
+URLS = ("database_url", "broker_url", "redis_url")  # a password in one is a secret too
+
+
+def holds_password(url: str) -> bool:
+    """Whether a URL carries a password: after the user name, or as `password=` in its query."""
+    parts = urlsplit(url)
+    return bool(parts.password) or "password" in parse_qs(parts.query)
+
+
+class _TomlWithoutSecrets(TomlConfigSettingsSource):
+    """The settings file, refused whole if it holds a secret: a file is copied, shared and
+    committed; the environment of the process is where a secret belongs."""
+
+    def __call__(self) -> dict[str, Any]:
+        values = super().__call__()
+        found = [k for k in SECRETS if k in values]
+        found += [k for k in URLS if isinstance(values.get(k), str) and holds_password(values[k])]
+        if found:
+            names = ", ".join(f"OUTREACH_{k.upper()}" for k in found)
+            raise ConfigError(
+                f"{self.toml_file_path}: holds a secret ({', '.join(found)}); secrets are read "
+                f"only from the environment: remove it from the file and set {names}"
+            )
+        return values
 
 
 class Settings(BaseSettings):
@@ -106,7 +133,7 @@ class Settings(BaseSettings):
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         toml = os.environ.get("OUTREACH_CONFIG")
         if toml:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(toml)))
+            sources.append(_TomlWithoutSecrets(settings_cls, toml_file=Path(toml)))
         return tuple(sources)
 
     @property

@@ -278,7 +278,11 @@ def upgrade(url: str, revision: str = "heads") -> None:
 
 
 def redact(url: str) -> str:
-    """The URL without its password, for messages and logs."""
+    """The URL without its password (after the user name, or a `password=` of its query, which
+    psycopg reads too), for messages and logs."""
     from sqlalchemy.engine import make_url
 
-    return make_url(url).render_as_string(hide_password=True)
+    parsed = make_url(url)
+    if "password" in parsed.query:
+        parsed = parsed.update_query_dict({"password": "***"})
+    return parsed.render_as_string(hide_password=True)

@@ -164,8 +164,7 @@ def _csv_columns(source: str, header: list[str]) -> list[str]:
     """The header's column names, refusing unknown and repeated ones."""
     columns = [name.strip().lower() for name in header]
     problems = _unknown_columns(source, 1, columns, CSV_COLUMNS)
-    repeated = sorted({name for name in columns if name and columns.count(name) > 1})
-    problems += [ImportRowError(source, 1, name, "column appears twice") for name in repeated]
+    problems += _repeated_columns(source, 1, columns)
     if problems:
         raise ImportFailed(problems)
     return columns
@@ -184,7 +183,19 @@ def _csv_row(source: str, row: int, columns: list[str], values: list[str]) -> Ra
 
 class _TextLoader(yaml.SafeLoader):
     """YAML whose plain scalars stay text: postcode 01067 is no octal number, country NO no
-    boolean. Only null (~, empty) and merge keys (<<) keep their meaning."""
+    boolean. Only null (~, empty) and merge keys (<<) keep their meaning. A key given twice in
+    one mapping is an error: PyYAML keeps the last value and drops the first without a word."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[str] = set()
+        for key, _ in node.value:  # its own keys: one a merge (<<) brings may be overridden
+            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                if key.value in seen:
+                    raise yaml.constructor.ConstructorError(
+                        problem=f"{key.value!r} is given twice", problem_mark=key.start_mark
+                    )
+                seen.add(key.value)
+        return super().construct_mapping(node, deep=deep)
 
 
 _TextLoader.yaml_implicit_resolvers = {
@@ -224,7 +235,15 @@ def _yaml_item_problems(source: str, row: int, item: object) -> list[ImportRowEr
     """Unknown keys of one item, or the item itself when it is not a mapping."""
     if not isinstance(item, dict):
         return [ImportRowError(source, row, "recipient", "expected field: value pairs")]
-    return _unknown_columns(source, row, [str(k).strip().lower() for k in item], YAML_KEYS)
+    names = [str(k).strip().lower() for k in item]
+    return _unknown_columns(source, row, names, YAML_KEYS) + _repeated_columns(source, row, names)
+
+
+def _repeated_columns(source: str, row: int, names: list[str]) -> list[ImportRowError]:
+    """An error for each column named twice (in another case, or with spaces): one value
+    would silently replace the other."""
+    repeated = sorted({name for name in names if name and names.count(name) > 1})
+    return [ImportRowError(source, row, name, "column appears twice") for name in repeated]
 
 
 def _unknown_columns(
@@ -392,7 +411,9 @@ def _country(value: object) -> str:
 
 
 def _email(value: object, settings: Settings) -> str | None:
-    """The address as email-validator normalises it (lower-case domain, NFC), or None."""
+    """The address as email-validator normalises it (lower-case domain, NFC), or None. Without
+    SMTPUTF8 an international domain is kept in its ASCII (IDNA) form, the only one such a
+    server takes in RCPT TO and a To: header can carry."""
     text = _line(value)
     if not text:
         return None
@@ -404,7 +425,7 @@ def _email(value: object, settings: Settings) -> str | None:
         )
     except EmailNotValidError as exc:
         raise _Invalid(str(exc)) from exc
-    return checked.normalized
+    return checked.normalized if settings.smtp_utf8 else checked.ascii_email or checked.normalized
 
 
 def _phone(value: object, country: str) -> str:

@@ -101,6 +101,27 @@ def test_a_newline_in_the_sender_is_refused(cli: CliRunner, database_url: str) -
     assert count(database_url, Campaign) == 0
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "header"),
+    [
+        ("--bcc", "not-an-address", "Bcc"),
+        ("--cc-address", "also bad", "Cc"),
+        ("--reply-to", "Press office", "Reply-To"),
+        ("--from", "Open Dialog", "From"),
+    ],
+)
+def test_an_address_that_is_not_one_is_refused_at_create(
+    cli: CliRunner, database_url: str, option: str, value: str, header: str
+) -> None:
+    """Not only at the send, where a bad Bcc failed every delivery of the campaign."""
+    run(cli, "recipients", "import", str(TEMPLATE / "recipients.csv"))
+    sender = [] if option == "--from" else ["--from", FROM]
+    output = run(cli, "campaign", "create", "x", "--template", str(TEMPLATE),
+                 "--to", "tag:principal", *sender, option, value, code=65)  # fmt: skip
+    assert f"{header}: {value!r} is not one usable email address" in output
+    assert count(database_url, Campaign) == 0
+
+
 def test_a_selector_that_matches_nobody_is_an_error(cli: CliRunner, database_url: str) -> None:
     run(cli, "recipients", "import", str(TEMPLATE / "recipients.csv"))
     output = run(cli, "campaign", "create", "x", "--template", str(TEMPLATE),

@@ -286,6 +286,24 @@ GOOD_ROW = "Jagland,Council of Europe,thorbjorn.jagland@coe.int,"
             "recipients.yaml: row 2: emial: unknown column; did you mean email?",
             id="unknown YAML key",
         ),
+        pytest.param(
+            "recipients.yaml",
+            """\
+            - {family_name: Dup, Email: first@example.org, email: second@example.org, city: X}
+            """,
+            "recipients.yaml: row 1: email: column appears twice",
+            id="YAML key twice in another case",
+        ),
+        pytest.param(
+            "recipients.yaml",
+            """\
+            - family_name: Jagland
+              email: thorbjorn.jagland@coe.int
+              email: someone.else@coe.int
+            """,
+            "recipients.yaml: line 3: malformed YAML: 'email' is given twice",
+            id="YAML key twice",
+        ),
     ],
 )
 def test_bad_input_names_the_place_and_writes_nothing(
@@ -383,6 +401,20 @@ def test_csv_rows_are_numbered_as_a_spreadsheet_shows_them(tmp_path: Path) -> No
     assert rows[0].values["tags"] == "principal;coe"
 
 
+def test_yaml_merge_keys_may_be_overridden(tmp_path: Path) -> None:
+    """A key a merge (<<) brings is not one given twice."""
+    path = write(
+        tmp_path,
+        "r.yml",
+        """\
+        - &coe {organisation: Council of Europe, city: Strasbourg, country: FR}
+        - {<<: *coe, city: Paris}
+        """,
+    )
+
+    assert [row.values["city"] for row in registry.read_rows(path)] == ["Strasbourg", "Paris"]
+
+
 def test_yaml_keeps_values_as_text(tmp_path: Path) -> None:
     path = write(
         tmp_path,
@@ -460,6 +492,16 @@ def test_values_are_trimmed_and_normalised() -> None:
     assert data.address_lines == ("Avenue de l'Europe",)
     assert data.notes == "first\nsecond"
     assert validate().language == "en"
+
+
+@pytest.mark.parametrize("email", ["Ida@Bücher.de", "Ida@xn--bcher-kva.de"])
+def test_an_international_domain_is_kept_in_the_form_the_server_takes(email: str) -> None:
+    """ASCII (IDNA) unless the server takes SMTPUTF8: smtplib cannot send RCPT TO:<ida@bücher.de>
+    to a server that does not, and a To: header can carry no encoded word in an address."""
+    assert validate(email=email).email == "Ida@xn--bcher-kva.de"
+    utf8 = SETTINGS.model_copy(update={"smtp_utf8": True})
+    row = RawRow("r.csv", 2, {"organisation": "Bundestag", "city": "Berlin", "email": email})
+    assert registry.validate_row(row, settings=utf8).email == "Ida@bücher.de"
 
 
 def test_preferred_channel_is_email_then_fax_then_post() -> None:
