@@ -139,11 +139,8 @@ def send_batch(
     outcome: Counter[str] = Counter()
     try:
         sender.transport.open()
-    except (TransientSmtpError, ConfigError) as exc:
-        with sessions.begin() as session:
-            _trip(session, delivery_ids, exc, sender.settings)
-        outcome["paused"] = len(delivery_ids)
-        return outcome
+    except (SmtpError, ConfigError) as exc:
+        return trip(sessions, delivery_ids, exc, sender.settings)
     with db.turn_session(sessions) as session:
         batch = _load(session, delivery_ids)
         held: Held = None
@@ -197,12 +194,27 @@ def _take_token(limits: Limits, sender: Sender) -> bool:
     )
 
 
+def trip(
+    sessions: sessionmaker[Session],
+    delivery_ids: Sequence[int],
+    exc: OutreachError,
+    settings: Settings,
+) -> Counter[str]:
+    """The circuit breaker, for a batch that can have no connection (the server is down or
+    refuses us, or the settings allow none): nothing of it was claimed. Without it the batch's
+    deliveries would wait in `queued` for the dispatcher to requeue them into the same error,
+    for ever."""
+    with sessions.begin() as session:
+        _trip(session, delivery_ids, exc, settings)
+    return Counter(paused=len(delivery_ids))
+
+
 def _trip(
     session: Session, delivery_ids: Sequence[int], exc: OutreachError, settings: Settings
 ) -> None:
-    """The circuit breaker: no connection, so pause the batch's campaigns rather than retry
-    message by message. A transient refusal resumes by itself after the cool-off; a
-    configuration error (certificate, login) waits for the team."""
+    """Pause the batch's campaigns rather than retry message by message. A transient refusal
+    resumes by itself after the cool-off; a permanent one (554 at the greeting) and a
+    configuration error (certificate, login) wait for the team."""
     resume_at = None
     if isinstance(exc, TransientSmtpError):
         resume_at = utcnow() + timedelta(seconds=settings.breaker_cooloff)
@@ -328,26 +340,33 @@ def _decided(
     """The verdict `held` comes to, reading the server's answer if it is still owed; each
     verdict is counted in `outcome` here, once."""
     if isinstance(held, _Owed):
+        error = None
         try:
             sender.transport.answer()
         except (SmtpError, ConfigError) as exc:
-            held = _failure(session, held.delivery.id, held.attempt, exc, sender.settings)
-        else:
-            held = _accepted(session, held, sender.settings)
+            error = exc
+        held = _answered(session, held, error, sender.settings)
     if held is not None:
         outcome[held.target] += 1
     return held
 
 
-def _accepted(session: Session, owed: _Owed, settings: Settings) -> Verdict:
-    """The server took the message: sent, unless it refused the delivery's own address while
-    other recipients of the message (the archive Bcc) accepted it."""
+def _answered(
+    session: Session, owed: _Owed, error: OutreachError | None, settings: Settings
+) -> Verdict:
+    """What a message comes to by its answer (`error`: refused, or no answer at all). The
+    delivery's own address refused at RCPT, while other recipients of the message (the archive
+    Bcc) were accepted, decides it whatever the answer: that address got nothing, even when the
+    answer was lost (not `unknown`, which `deliveries reconcile` could find sent in the
+    archive's copy)."""
     delivery_id, address = owed.delivery.id, owed.delivery.address
     mine = next((r for a, r in owed.refused.items() if a.lower() == address.lower()), None)
     if mine is not None:
         code, text = mine
         reason = f"{code} {text} (refused {address}; other recipients of the message accepted)"
         return _failure(session, delivery_id, owed.attempt, classify(code)(reason), settings)
+    if error is not None:
+        return _failure(session, delivery_id, owed.attempt, error, settings)
     others = ", ".join(f"{a}: {c} {t}" for a, (c, t) in owed.refused.items())
     reply = f"accepted; also refused {others}" if others else "accepted"
     return deliveries.sent(delivery_id, reply, at=utcnow())

@@ -192,7 +192,7 @@ class SmtpClient:
         if size is None:
             return
         try:
-            if conn is None:
+            if conn is None or conn.sock is None:  # None: smtplib closed it on a failed write
                 raise smtplib.SMTPServerDisconnected("the connection was closed")
             code, reply = _reply(conn)
         except OSError as exc:  # SMTPServerDisconnected, a timeout, a reset

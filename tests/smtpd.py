@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import struct
 import threading
 import time
 import weakref
@@ -39,7 +40,7 @@ USERNAME = "outreach-test"
 PASSWORD = "Tr0ub4dor&3-never-in-a-log"
 
 Security = Literal["plain", "starttls", "ssl"]
-Stage = Literal["mail", "rcpt", "data", "drop"]
+Stage = Literal["mail", "rcpt", "data", "drop", "reset"]
 
 
 @dataclass(frozen=True)
@@ -227,6 +228,11 @@ class RecordingServer:
         """Close the connection, after reading the message to address, instead of replying."""
         self._add_fault("drop", address, "", times)
 
+    def reset_at_data(self, address: str, *, times: int | None = None) -> None:
+        """As `drop_at_data`, with a reset (RST) instead of a close: the client's next write
+        fails, where after a close it goes into the kernel and only the read finds out."""
+        self._add_fault("reset", address, "", times)
+
     def on_data(self, address: str, callback: DataHook, *, times: int | None = None) -> None:
         """Call `callback(peer)` when a message to address has been received, before replying."""
         with self._lock:
@@ -395,6 +401,14 @@ class _Handler:
             assert server.transport is not None
             server.transport.close()
             return "421 never read: the connection is closed"
+        if self.owner._take_fault("reset", envelope.rcpt_tos) is not None:
+            assert server.transport is not None
+            linger = struct.pack("ii", 1, 0)  # on, 0 s: close() sends RST, not FIN
+            server.transport.get_extra_info("socket").setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, linger
+            )
+            server.transport.abort()
+            return "421 never read: the connection is reset"
         fault = self.owner._take_fault("data", envelope.rcpt_tos)
         if fault is not None:
             return fault.reply

@@ -594,6 +594,56 @@ def test_server_that_never_greets_times_out_and_pauses(
         assert_exactly_once(rows, server.messages)
 
 
+def test_554_at_the_greeting_pauses_until_the_team_resumes(
+    scene_factory: Callable[..., Scene], sqlite_url: str
+) -> None:
+    """A permanent refusal of the connection: nothing was claimed, so the breaker pauses the
+    campaign (with no cool-off: a 554 does not pass by itself) instead of leaving the batch
+    `queued` for the dispatcher to requeue into the same refusal for ever."""
+    with BadServer(greeting="554 5.7.1 access denied") as refusing:
+        port = refusing.port
+        scene = scene_factory(sqlite_url, port, 3, OUTREACH_BREAKER_COOLOFF="1")
+        scene.group.start()
+        scene.cli("campaign", "send", NAME, "--yes", "--no-wait")
+
+        campaign = wait_for(
+            "paused by the breaker",
+            lambda: (c := scene.campaign()).state == CampaignState.PAUSED and c,
+            timeout=20,
+        )
+        assert "554" in campaign.paused_reason and campaign.resume_at is None, campaign
+        time.sleep(2)  # past the cool-off a transient refusal would have
+        assert scene.campaign().state == CampaignState.PAUSED
+        rows = scene.rows()
+        assert all(d.attempts == 0 for d in rows.values())
+        assert_exactly_once(rows, [], allowed=MOVING)
+    with RecordingServer(port=port) as server:
+        scene.cli("campaign", "resume", NAME)
+        rows = scene.wait_settled(timeout=40)
+        assert Counter(d.status for d in rows.values()) == {Status.SENT: 3}
+        assert_exactly_once(rows, server.messages)
+
+
+def test_settings_that_allow_no_connection_pause_the_campaign(
+    scene_factory: Callable[..., Scene], sqlite_url: str, smtp_server: RecordingServer
+) -> None:
+    """A login without TLS is refused before the client connects: the breaker pauses the
+    campaign and says why, as for a server that refuses us, and nothing is sent."""
+    scene = scene_factory(sqlite_url, smtp_server.port, 3, OUTREACH_SMTP_USERNAME="outreach")
+    scene.group.start()
+    scene.cli("campaign", "send", NAME, "--yes", "--no-wait")
+
+    campaign = wait_for(
+        "paused by the breaker",
+        lambda: (c := scene.campaign()).state == CampaignState.PAUSED and c,
+        timeout=20,
+    )
+    assert "without TLS" in campaign.paused_reason, campaign.paused_reason
+    assert "without TLS" in scene.cli("campaign", "status", NAME).stdout
+    assert all(d.attempts == 0 for d in scene.rows().values())
+    assert smtp_server.messages == []
+
+
 def test_421_to_every_connection_pauses_without_a_storm(
     scene_factory: Callable[..., Scene], sqlite_url: str
 ) -> None:

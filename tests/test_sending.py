@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from outreach import campaigns, db, dispatch, registry, sending, suppression
 from outreach.config import Settings, load_settings
-from outreach.models import Delivery, Status
+from outreach.models import Campaign, Delivery, Status
 from outreach.smtp import SmtpClient
 from outreach.throttle import LocalThrottle
 from tests.smtpd import RecordingServer
@@ -104,6 +104,28 @@ def test_no_answer_to_a_message_with_the_next_one_begun(
     assert outcome == {Status.SENT: 3, Status.UNKNOWN: 1}
     assert received(server) == [a for _, a in queued[1:]]
     assert statuses(database_url)[queued[0][1]] == Status.UNKNOWN
+
+
+def test_own_address_refused_then_no_answer_is_failed_not_unknown(
+    database_url: str, queued: list[tuple[int, str]]
+) -> None:
+    """The official's address refused at RCPT, the archive's Bcc accepted, then no answer after
+    the dot: whatever became of the message, the official got nothing. Not `unknown`, which
+    `deliveries reconcile` could find sent in the archive's copy."""
+    archive = "archive@example.org"
+    with db.session_scope(database_url) as session:
+        session.scalars(select(Campaign)).one().bcc = [archive]
+    first = queued[0][1]
+    with RecordingServer() as server:
+        server.fail_rcpt(first, 550, "5.1.1 no such user", times=1)
+        server.drop_at_data(archive, times=1)
+        outcome = send(database_url, server, [i for i, _ in queued])
+    assert outcome == {Status.SENT: 3, Status.FAILED: 1}
+    assert received(server) == [a for _, a in queued[1:] for a in (a, archive)]
+    with db.session_scope(database_url) as session:
+        refused = session.get(Delivery, queued[0][0])
+        assert refused is not None and refused.status == Status.FAILED
+        assert "550 5.1.1 no such user" in refused.last_error
 
 
 @pytest.mark.parametrize(("code", "status"), [(554, Status.FAILED), (451, Status.DEFERRED)])

@@ -255,6 +255,26 @@ def test_silence_after_the_dot_with_the_next_message_begun(smtp_server: Recordin
     assert smtp_server.connections == 2
 
 
+def test_reset_after_the_dot_fails_the_next_messages_commands(
+    smtp_server: RecordingServer,
+) -> None:
+    """The server resets the connection instead of answering the first message: writing the
+    second one's commands fails (smtplib then closes its socket), and the first is still
+    uncertain, not an error of the client's own; the second goes over a new connection."""
+    smtp_server.reset_at_data(TO, times=1)
+    with client_for(smtp_server) as client:
+        start(client, TO)
+        time.sleep(0.5)  # the reset arrives before the next commands are written
+        client.begin(sender=SENDER, recipients=[OTHER], data=MESSAGE)
+        with pytest.raises(UncertainSmtpError, match="may have been accepted"):
+            client.answer()
+        assert client.ready() == {}
+        client.transmit()
+        client.answer()
+    assert [m.rcpt_tos for m in smtp_server.messages] == [[OTHER]]
+    assert smtp_server.connections == 2
+
+
 @pytest.mark.parametrize(
     ("code", "error", "connections"),
     [(554, PermanentSmtpError, 1), (451, TransientSmtpError, 1), (421, TransientSmtpError, 2)],

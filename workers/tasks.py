@@ -8,6 +8,7 @@ from functools import lru_cache
 from outreach import dispatch, inbox, prepare, sending
 from outreach.config import Settings, get_settings
 from outreach.db import session_factory, session_scope
+from outreach.errors import ConfigError
 from outreach.models import utcnow
 from outreach.smtp import SmtpClient
 from outreach.throttle import LocalThrottle, RedisThrottle, Throttle
@@ -31,7 +32,11 @@ def send_batch(delivery_ids: list[int]) -> dict[str, int]:
     """Send a keyed batch of deliveries over one SMTP connection."""
     settings = get_settings()
     sessions = session_factory(settings.effective_database_url)
-    with SmtpClient.from_settings(settings) as transport:
+    try:
+        client = SmtpClient.from_settings(settings)
+    except ConfigError as exc:  # no client to open (a password without TLS): as no connection
+        return dict(sending.trip(sessions, delivery_ids, exc, settings))
+    with client as transport:
         sender = sending.Sender(transport, settings, _kits, throttle_for(settings))
         return dict(sending.send_batch(sessions, delivery_ids, sender))
 
