@@ -632,9 +632,11 @@ def deliveries_reconcile() -> None:
     out.print(
         f"{len(result.found)} found in the archive and marked sent; "
         f"{len(result.missing)} not found (still unknown); "
-        f"{len(result.no_archive)} in campaigns without a Bcc archive copy"
+        f"{len(result.no_archive)} in campaigns without a Bcc archive copy; "
+        f"{len(result.archive_only)} whose archive copy may be an earlier attempt's, one the "
+        "server took for the archive while it refused the official"
     )
-    if result.missing or result.no_archive:
+    if result.missing or result.no_archive or result.archive_only:
         out.print("decide for those: `outreach deliveries resend ID...` sends them again")
 
 

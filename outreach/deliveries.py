@@ -346,6 +346,12 @@ def transition_many(
     return moved
 
 
+ARCHIVE_ONLY = "other recipients of the message accepted"
+"""Said in the history of an attempt whose message the server took for its other recipients
+(the archive Bcc) while it refused the delivery's own address: the archive then holds a copy
+the official never got (`reconcile` must not read it as sent)."""
+
+
 @dataclass(frozen=True)
 class Verdict:
     """Where a delivery goes once the server has answered, and why: decided at the answer,

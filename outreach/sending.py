@@ -363,7 +363,7 @@ def _answered(
     mine = next((r for a, r in owed.refused.items() if a.lower() == address.lower()), None)
     if mine is not None:
         code, text = mine
-        reason = f"{code} {text} (refused {address}; other recipients of the message accepted)"
+        reason = f"{code} {text} (refused {address}; {deliveries.ARCHIVE_ONLY})"
         return _failure(session, delivery_id, owed.attempt, classify(code)(reason), settings)
     if error is not None:
         return _failure(session, delivery_id, owed.attempt, error, settings)
