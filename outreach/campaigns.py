@@ -265,9 +265,23 @@ def cancel(session: Session, campaign: Campaign) -> int:
     return count
 
 
+TICK_TURN = 0x6F7574726561  # the dispatcher's tick's turn: PostgreSQL's advisory lock ("outrea")
+
+
+def tick_turn(session: Session) -> None:
+    """Wait for a dispatcher tick running elsewhere to commit, and make the next one wait for
+    this transaction (`db.transaction_turn`): for what decides on the tick's reading of a
+    campaign's deliveries."""
+    db.transaction_turn(session, TICK_TURN, "tick")
+
+
 def resend(session: Session, delivery_ids: Sequence[int]) -> list[int]:
     """Queue `unknown` deliveries again, on the operator's word; a campaign that was done runs
-    again until they are settled."""
+    again until they are settled. In the tick's turn: a tick that found nothing open (before
+    this commit) and marks the campaign done (after this read it running) would leave the
+    resent deliveries in a done campaign, where a claim misses and they go back to `pending`
+    for good."""
+    tick_turn(session)
     requeued = deliveries.transition_many(
         session, list(delivery_ids), Status.UNKNOWN, Status.QUEUED, detail="resent by the operator"
     )

@@ -18,7 +18,7 @@ from pathlib import Path
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
-from outreach import campaigns, db, deliveries
+from outreach import campaigns, deliveries
 from outreach.config import Settings
 from outreach.models import Campaign, CampaignState, Channel, Delivery, Recipient, Status
 from outreach.pdf import has_layout
@@ -37,7 +37,6 @@ RELEASE_ORDER = (Delivery.campaign_id, Delivery.status, Delivery.id)
 
 
 LETTERS_PER_TASK = 4  # about 0.7 s of rendering: spread over the worker processes
-TURN = 0x6F7574726561  # the ticks' turn: PostgreSQL's advisory lock ("outrea")
 
 
 @dataclass
@@ -97,7 +96,7 @@ def _take_turn(session: Session) -> None:
     queued, also locked it to recheck it and kept the lock until its own commit: a worker's
     claim then skipped the delivery as taken, and it waited `queued_timeout` (5 minutes) to be
     queued again."""
-    db.transaction_turn(session, TURN, "tick")
+    campaigns.tick_turn(session)
 
 
 def _start_due(session: Session, now: datetime, result: Tick) -> None:

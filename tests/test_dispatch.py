@@ -165,6 +165,34 @@ def _campaign_log(url: str) -> tuple[str, list[str]]:
         return campaigns.get_campaign(session, "c").state, list(logged)
 
 
+def test_a_resend_waits_for_the_tick_that_finds_the_campaign_done(
+    database_url: str, plain: Path
+) -> None:
+    """The tick found nothing open and marks the campaign done; a resend of its unknown
+    delivery, side by side, read the campaign still running and left it so: the tick's `done`
+    then stood over a queued delivery whose claim would miss. The resend waits for the tick."""
+    _all_sent(database_url, plain)
+    with db.session_scope(database_url) as session:
+        unknown = session.scalars(select(Delivery.id).where(Delivery.channel == "email")).first()
+        session.execute(update(Delivery).where(Delivery.id == unknown).values(status="unknown"))
+    resent: list[list[int]] = []
+
+    def resend() -> None:
+        with db.session_scope(database_url) as team:
+            resent.append(campaigns.resend(team, [unknown]))
+
+    with db.session_scope(database_url) as session:
+        assert dispatch.tick(session, load_settings(), MONDAY_NOON).finished == ["c"]
+        other = threading.Thread(target=resend)
+        other.start()
+        other.join(1.0)
+        assert other.is_alive(), "the resend did not wait for the tick"
+    other.join(10)
+    assert resent == [[unknown]]
+    state, logged = _campaign_log(database_url)
+    assert state == CampaignState.RUNNING and "running again: deliveries were resent" in logged
+
+
 def test_a_cancel_that_loses_to_the_tick_changes_nothing(database_url: str, plain: Path) -> None:
     """The team's cancel read the campaign as running; the tick found it finished and committed
     `done` before the cancel wrote. The cancel says so and changes nothing (it assigned the
