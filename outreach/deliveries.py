@@ -135,21 +135,25 @@ def _checked(rows: FromClause, name: str) -> ColumnElement[bool]:
     return rows.c.status.op("||")(literal_column("''")) == bindparam(name)
 
 
-def _compare_and_swap(prefix: str = "") -> Update:
+def _compare_and_swap(prefix: str = "", *, attempt: bool = False) -> Update:
     """`UPDATE deliveries ... WHERE id = :id_ AND status = :source RETURNING campaign_id, id`,
-    its parameters named with `prefix` (two in one statement need names of their own)."""
-    return (
-        update(_ROWS)
-        .where(_ROWS.c.id == bindparam(f"{prefix}id_"), _checked(_ROWS, f"{prefix}source"))
-        .returning(_ROWS.c.campaign_id, _ROWS.c.id)
+    its parameters named with `prefix` (two in one statement need names of their own). With
+    `attempt`, also `AND attempts = :attempt`: a verdict is its attempt's only."""
+    statement = update(_ROWS).where(
+        _ROWS.c.id == bindparam(f"{prefix}id_"), _checked(_ROWS, f"{prefix}source")
     )
+    if attempt:
+        statement = statement.where(_ROWS.c.attempts == bindparam(f"{prefix}attempt"))
+    return statement.returning(_ROWS.c.campaign_id, _ROWS.c.id)
 
 
 # The statements are built once, on the tables: the SET clause comes from the parameters of
 # each call, so one statement and its cached compiled form serve every transition. (Built per
 # call on the ORM entity, they cost more CPU than the database took to run them.)
 _MOVE = _compare_and_swap()
+_MOVE_ATTEMPT = _compare_and_swap(attempt=True)  # a verdict of the send loop
 _SETTLE = _compare_and_swap("v_")  # a verdict written in the claim's statement (PostgreSQL)
+_SETTLE_ATTEMPT = _compare_and_swap("v_", attempt=True)
 _MOVE_MANY = (
     update(_ROWS)
     .where(_ROWS.c.id.in_(bindparam("ids", expanding=True)), _checked(_ROWS, "source"))
@@ -213,7 +217,10 @@ def _with_event(statement: Update, columns: tuple[str, ...]) -> Insert:
 
 @lru_cache(maxsize=64)
 def _claim_with_all(
-    statement: Update, columns: tuple[str, ...], verdict: tuple[str, ...] | None
+    statement: Update,
+    columns: tuple[str, ...],
+    verdict: tuple[str, ...] | None,
+    settle: Update = _SETTLE,
 ) -> Insert:
     """PostgreSQL: a claim, the message's kept attachment rows, the verdict held back (if any)
     and both Events in one statement, whole on its own: with the send loop's connection in
@@ -230,7 +237,7 @@ def _claim_with_all(
         ),
     )
     if verdict is not None:
-        _, settled = _moved(_SETTLE, verdict, "v_")
+        _, settled = _moved(settle, verdict, "v_")
         events = union_all(settled, events)
     return (
         insert(_EVENTS)
@@ -362,38 +369,60 @@ class Verdict:
     detail: str
     values: Mapping[str, Any] = field(default_factory=dict)  # further columns to set
     source: Status = Status.SENDING
+    # The attempt it is the outcome of (`attempts` as its claim left it): written only while
+    # that attempt stands. A worker stalled past `sending_timeout` would otherwise write its
+    # verdict over the next attempt's (the delivery found unknown, resent, claimed again):
+    # a `deferred` there, and the next attempt's `sent` missing, would send the letter again.
+    attempt: int | None = None
 
 
-def sent(delivery_id: int, reply: str, *, at: datetime | None = None) -> Verdict:
+def _verdict_swap(verdict: Verdict, prefix: str = "") -> tuple[Update, dict[str, Any]]:
+    """A verdict's compare-and-swap and its further parameters: of its attempt only, when it
+    knows it. `prefix` "v_": in the claim's statement (PostgreSQL)."""
+    plain, checked = (_SETTLE, _SETTLE_ATTEMPT) if prefix else (_MOVE, _MOVE_ATTEMPT)
+    if verdict.attempt is None:
+        return plain, {}
+    return checked, {f"{prefix}attempt": verdict.attempt}
+
+
+def sent(
+    delivery_id: int, reply: str, *, at: datetime | None = None, attempt: int | None = None
+) -> Verdict:
     """`at`: when the server accepted it, if the write comes later (the send loop)."""
-    return Verdict(delivery_id, Status.SENT, reply, {"sent_at": at or utcnow(), "last_error": ""})
+    values = {"sent_at": at or utcnow(), "last_error": ""}
+    return Verdict(delivery_id, Status.SENT, reply, values, attempt=attempt)
 
 
-def failed(delivery_id: int, reason: str, *, source: Status = Status.SENDING) -> Verdict:
-    return Verdict(delivery_id, Status.FAILED, reason, {"last_error": reason}, source)
+def failed(
+    delivery_id: int,
+    reason: str,
+    *,
+    source: Status = Status.SENDING,
+    attempt: int | None = None,
+) -> Verdict:
+    return Verdict(delivery_id, Status.FAILED, reason, {"last_error": reason}, source, attempt)
 
 
-def deferred(delivery_id: int, reason: str, retry_at: datetime) -> Verdict:
+def deferred(
+    delivery_id: int, reason: str, retry_at: datetime, *, attempt: int | None = None
+) -> Verdict:
     detail = f"{reason} (next attempt {retry_at:%Y-%m-%d %H:%M:%S} UTC)"
-    return Verdict(
-        delivery_id, Status.DEFERRED, detail, {"last_error": reason, "next_attempt_at": retry_at}
-    )
+    values = {"last_error": reason, "next_attempt_at": retry_at}
+    return Verdict(delivery_id, Status.DEFERRED, detail, values, attempt=attempt)
 
 
-def unknown(delivery_id: int, why: str) -> Verdict:
-    return Verdict(delivery_id, Status.UNKNOWN, why, {"last_error": why})
+def unknown(delivery_id: int, why: str, *, attempt: int | None = None) -> Verdict:
+    return Verdict(delivery_id, Status.UNKNOWN, why, {"last_error": why}, attempt=attempt)
 
 
 def settle(session: Session, verdict: Verdict) -> bool:
     """Write a verdict: False (and nothing written) if the delivery has moved on meanwhile."""
-    return transition(
-        session,
-        verdict.delivery_id,
-        verdict.source,
-        verdict.target,
-        detail=verdict.detail,
-        **verdict.values,
-    )
+    check_allowed(verdict.source, verdict.target)
+    statement, where = _verdict_swap(verdict)
+    return _move(
+        session, statement, verdict.delivery_id, verdict.source, verdict.target,
+        verdict.detail, dict(verdict.values), **where,
+    )  # fmt: skip
 
 
 def mark_sent(
@@ -433,9 +462,10 @@ def claim(
         return _claim_in_one(session, statement, delivery_id, values, where, attachments, after)
     events = []
     if after is not None:
+        move, checks = _verdict_swap(after)
         events = _swapped(
-            session, _MOVE, after.delivery_id, after.source, after.target, after.detail,
-            after.values, {},
+            session, move, after.delivery_id, after.source, after.target, after.detail,
+            after.values, checks,
         )  # fmt: skip
     claimed = _swapped(
         session, statement, delivery_id, Status.QUEUED, Status.SENDING, "", values, where
@@ -474,12 +504,15 @@ def _claim_in_one(
         "a_filename": [name for _, name in attachments],
     }
     settled: tuple[str, ...] | None = None
+    settle = _SETTLE
     if after is not None:
         verdict = _columns(after.target, after.values, now)
         settled = tuple(sorted(verdict))
         params |= {f"v_{name}": value for name, value in verdict.items()}
         params |= {"v_id_": after.delivery_id, "v_source": after.source, "v_detail": after.detail}
-    both = _claim_with_all(statement, tuple(sorted(columns)), settled)
+        settle, checks = _verdict_swap(after, "v_")
+        params |= checks
+    both = _claim_with_all(statement, tuple(sorted(columns)), settled, settle)
     moved = {row[0] for row in db.run_on_driver(session.connection(), both, [params])}
     if after is not None and after.delivery_id in moved:
         expire_loaded(session, after.delivery_id, list(settled or ()))

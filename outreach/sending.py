@@ -369,7 +369,7 @@ def _answered(
         return _failure(session, delivery_id, owed.attempt, error, settings)
     others = ", ".join(f"{a}: {c} {t}" for a, (c, t) in owed.refused.items())
     reply = f"accepted; also refused {others}" if others else "accepted"
-    return deliveries.sent(delivery_id, reply, at=utcnow())
+    return deliveries.sent(delivery_id, reply, at=utcnow(), attempt=owed.attempt)
 
 
 def _failure(
@@ -379,9 +379,9 @@ def _failure(
     may have taken it after all (never retried without an operator: no second letter), else
     deferred (a transient refusal, a lost connection, a setting to fix)."""
     if isinstance(exc, PermanentSmtpError):
-        return deliveries.failed(delivery_id, str(exc))
+        return deliveries.failed(delivery_id, str(exc), attempt=attempts)
     if isinstance(exc, UncertainSmtpError):
-        return deliveries.unknown(delivery_id, str(exc))
+        return deliveries.unknown(delivery_id, str(exc), attempt=attempts)
     return _defer(session, delivery_id, attempts, str(exc), settings)
 
 
@@ -397,6 +397,6 @@ def _defer(
     age = utcnow() - first if first else timedelta(0)
     if attempts >= settings.max_attempts or age > timedelta(hours=settings.max_age_hours):
         why = f"{attempts} attempts over {age.total_seconds() / 3600:.1f} h"
-        return deliveries.failed(delivery_id, f"{reason}; gave up after {why}")
+        return deliveries.failed(delivery_id, f"{reason}; gave up after {why}", attempt=attempts)
     retry_at = utcnow() + retry_delay(attempts, settings)
-    return deliveries.deferred(delivery_id, reason, retry_at)
+    return deliveries.deferred(delivery_id, reason, retry_at, attempt=attempts)

@@ -145,6 +145,38 @@ def test_a_verdict_is_written_even_when_the_claim_misses(database_url: str) -> N
         assert session.scalar(select(func.count()).select_from(Event)) == 3
 
 
+@pytest.mark.parametrize("written", ["alone", "with the next claim"])
+def test_a_verdict_of_an_earlier_attempt_does_not_land_on_the_next(
+    database_url: str, written: str
+) -> None:
+    """A worker stalled past `sending_timeout` after its claim: the delivery was found unknown,
+    resent and claimed again. The stalled worker's verdict, of attempt 1, writes nothing (a
+    `deferred` over attempt 2, whose `sent` would then miss, meant a letter sent again); the
+    verdict of attempt 2 is written."""
+    first, second = _two_deliveries(database_url)
+    with db.session_scope(database_url) as session:
+        assert deliveries.claim(session, first)  # attempt 1, then the worker stalls
+        assert deliveries.transition(session, first, Status.SENDING, Status.UNKNOWN)
+        assert deliveries.transition(session, first, Status.UNKNOWN, Status.QUEUED)
+        assert deliveries.claim(session, first)  # attempt 2, another worker
+    stale = deliveries.deferred(first, "451 later", utcnow(), attempt=1)
+    with db.session_scope(database_url) as session:
+        if written == "alone":
+            assert not deliveries.settle(session, stale)
+        else:
+            assert deliveries.claim(session, second, after=stale)
+    with db.session_scope(database_url) as session:
+        a = session.get(Delivery, first)
+        assert a is not None and (a.status, a.attempts) == (Status.SENDING, 2)
+        assert deliveries.settle(session, deliveries.sent(first, "250 ok", attempt=2))
+    with db.session_scope(database_url) as session:
+        assert session.scalar(select(Delivery.status).where(Delivery.id == first)) == Status.SENT
+        moves = session.scalars(
+            select(Event.to_status).where(Event.delivery_id == first).order_by(Event.id)
+        )
+        assert list(moves) == ["sending", "unknown", "queued", "sending", "sent"]
+
+
 def test_illegal_transition_raises_and_writes_nothing(database_url: str) -> None:
     delivery_id = _one_delivery(database_url, Status.SENT)
     with db.session_scope(database_url) as session, pytest.raises(TransitionError):
