@@ -636,8 +636,17 @@ def _by_email(session: Session, address: str) -> Recipient | None:
 
 
 def _email_is(address: str) -> sa.ColumnElement[bool]:
-    """The recipient whose key is this address (see `_by_email`)."""
-    return Recipient.key == address.strip().lower()
+    """The recipient whose key is this address (see `_by_email`), its domain written in ASCII
+    or in Unicode: an international domain is kept in the one `_email` chose at the import."""
+    text = address.strip()
+    spellings = {text.lower()}
+    try:
+        checked = validate_email(text, check_deliverability=False, allow_smtputf8=True)
+    except EmailNotValidError:
+        pass  # no address at all: matches nobody, as the key compared says
+    else:
+        spellings |= {form.lower() for form in (checked.normalized, checked.ascii_email) if form}
+    return Recipient.key.in_(sorted(spellings))
 
 
 def preferred_channel(recipient: Reachable) -> Channel:

@@ -597,3 +597,14 @@ def test_find_recipient_by_id_or_email_in_any_case(five: str) -> None:
             registry.find_recipient(session, "x@coe.int")
         with pytest.raises(NotFound, match="give an id number or an email address"):
             registry.find_recipient(session, "Jagland")
+
+
+def test_an_international_domain_is_found_written_either_way(
+    database_url: str, tmp_path: Path
+) -> None:
+    ida = "- {family_name: Ida, email: ida@Bücher.de}"
+    run_import(database_url, write(tmp_path, "r.yaml", ida))
+    with session_scope(database_url) as session:
+        for written in ("ida@bücher.de", "IDA@xn--bcher-kva.de"):
+            assert registry.find_recipient(session, written).family_name == "Ida"
+        assert [r.family_name for r in registry.select(session, ["email:ida@bücher.de"])] == ["Ida"]
