@@ -29,7 +29,7 @@ SECRETS = ("smtp_password", "imap_password", "verp_secret")
 URLS = ("database_url", "broker_url", "redis_url")  # a password in one is a secret too
 
 
-def holds_password(url: str) -> bool:
+def _holds_password(url: str) -> bool:
     """Whether a URL carries a password: after the user name, or as `password=` in its query."""
     parts = urlsplit(url)
     return bool(parts.password) or "password" in parse_qs(parts.query)
@@ -42,7 +42,7 @@ class _TomlWithoutSecrets(TomlConfigSettingsSource):
     def __call__(self) -> dict[str, Any]:
         values = super().__call__()
         found = [k for k in SECRETS if k in values]
-        found += [k for k in URLS if isinstance(values.get(k), str) and holds_password(values[k])]
+        found += [k for k in URLS if isinstance(values.get(k), str) and _holds_password(values[k])]
         if found:
             names = ", ".join(f"OUTREACH_{k.upper()}" for k in found)
             raise ConfigError(

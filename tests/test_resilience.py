@@ -566,6 +566,15 @@ def test_smtp_server_down_for_a_while_then_back(
     wait_for("campaign done", lambda: scene.campaign().state == CampaignState.DONE, timeout=10)
 
 
+def paused_by_the_breaker(scene: Scene) -> Campaign:
+    """The scene's campaign, once the circuit breaker has paused it."""
+    return wait_for(
+        "paused by the breaker",
+        lambda: (c := scene.campaign()).state == CampaignState.PAUSED and c,
+        timeout=20,
+    )
+
+
 def test_server_that_never_greets_times_out_and_pauses(
     scene_factory: Callable[..., Scene], sqlite_url: str
 ) -> None:
@@ -575,11 +584,7 @@ def test_server_that_never_greets_times_out_and_pauses(
         scene.group.start()
         scene.cli("campaign", "send", NAME, "--yes", "--no-wait")
 
-        campaign = wait_for(
-            "paused by the breaker",
-            lambda: (c := scene.campaign()).state == CampaignState.PAUSED and c,
-            timeout=20,
-        )
+        campaign = paused_by_the_breaker(scene)
         assert "timed out" in campaign.paused_reason, campaign.paused_reason
         status = scene.cli("campaign", "status", NAME).stdout
         assert "paused" in status and "timed out" in status, status
@@ -606,11 +611,7 @@ def test_554_at_the_greeting_pauses_until_the_team_resumes(
         scene.group.start()
         scene.cli("campaign", "send", NAME, "--yes", "--no-wait")
 
-        campaign = wait_for(
-            "paused by the breaker",
-            lambda: (c := scene.campaign()).state == CampaignState.PAUSED and c,
-            timeout=20,
-        )
+        campaign = paused_by_the_breaker(scene)
         assert "554" in campaign.paused_reason and campaign.resume_at is None, campaign
         time.sleep(2)  # past the cool-off a transient refusal would have
         assert scene.campaign().state == CampaignState.PAUSED
@@ -633,11 +634,7 @@ def test_settings_that_allow_no_connection_pause_the_campaign(
     scene.group.start()
     scene.cli("campaign", "send", NAME, "--yes", "--no-wait")
 
-    campaign = wait_for(
-        "paused by the breaker",
-        lambda: (c := scene.campaign()).state == CampaignState.PAUSED and c,
-        timeout=20,
-    )
+    campaign = paused_by_the_breaker(scene)
     assert "without TLS" in campaign.paused_reason, campaign.paused_reason
     assert "without TLS" in scene.cli("campaign", "status", NAME).stdout
     assert all(d.attempts == 0 for d in scene.rows().values())
@@ -652,11 +649,7 @@ def test_421_to_every_connection_pauses_without_a_storm(
         scene.group.start(workers=2)
         scene.cli("campaign", "send", NAME, "--yes", "--no-wait")
 
-        campaign = wait_for(
-            "paused by the breaker",
-            lambda: (c := scene.campaign()).state == CampaignState.PAUSED and c,
-            timeout=20,
-        )
+        campaign = paused_by_the_breaker(scene)
         assert "421" in campaign.paused_reason, campaign.paused_reason
         before, started = refusing.connections, time.monotonic()
         time.sleep(5)
