@@ -97,3 +97,13 @@ class PermanentSmtpError(SmtpError):
 
 class UncertainSmtpError(SmtpError):
     pass
+
+
+class Unreachable(SmtpError):
+    """A new connection for a message could not be had (the old one was closed meanwhile):
+    nothing of the message was sent, and the next ones would meet the same. `error`: why, as
+    opening the connection raises it (a refusal, a timeout, a certificate, a login)."""
+
+    def __init__(self, error: OutreachError) -> None:
+        self.error = error
+        super().__init__(f"cannot reconnect: {error}")

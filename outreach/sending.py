@@ -1,13 +1,15 @@
 """The send loop for one batch of deliveries, over one SMTP connection.
 
 The connection is opened first, while nothing is claimed: a server that is down, answers 421 or
-fails TLS pauses the campaign (the circuit breaker) instead of burning attempts. Then, for each
-delivery: take a token from the shared rate limit, prepare its message while it is still
-`queued` (or reuse what was kept on an earlier attempt), claim it (`queued -> sending`, only
-while its campaign runs and its address is not suppressed, committed together with the kept
-message), send it, and commit the result before the next message's content. So at most one
-message per connection is ever in the uncertain window, and a worker that dies there leaves a
-`sending` row that recovery turns into `unknown` instead of sending it twice.
+fails TLS pauses the campaign (the circuit breaker) instead of burning attempts; so does one
+that cannot be had again in the middle of a batch, for the rest of it (the one message claimed
+for it is deferred). Then, for each delivery: take a token from the shared rate limit,
+prepare its message while it is still `queued` (or reuse what was kept on an earlier attempt),
+claim it (`queued -> sending`, only while its campaign runs and its address is not suppressed,
+committed together with the kept message), send it, and commit the result before the next
+message's content. So at most one message per connection is ever in the uncertain window,
+and a worker that dies there leaves a `sending` row that recovery turns into `unknown` instead
+of sending it twice.
 
 A message's outcome (a `deliveries.Verdict`) is decided when the server answers but written with
 the next claim, after the next message is prepared: the write transaction then spans a few
@@ -49,6 +51,7 @@ from outreach.errors import (
     SmtpError,
     TransientSmtpError,
     UncertainSmtpError,
+    Unreachable,
 )
 from outreach.messages import (
     Kit,
@@ -109,6 +112,15 @@ class _Owed:
     refused: Refused
 
 
+@dataclass(frozen=True)
+class _Cut:
+    """A message that could not go because the server could no longer be reached: its
+    verdict, and why, for the circuit breaker to take the rest of the batch."""
+
+    verdict: Verdict
+    error: OutreachError
+
+
 Held = Verdict | _Owed | None
 """The last message's outcome, not yet written: its verdict, or the message until it is answered."""
 
@@ -164,7 +176,17 @@ def send_batch(
                         _give_back(session, rest, "rate limit reached")
                     outcome["waiting"] += len(rest)
                     break
-            held = _send_one(session, delivery, sender, held, outcome)
+            result = _send_one(session, delivery, sender, held, outcome)
+            if isinstance(result, _Cut):  # as when no connection could be had at the start
+                rest = [d.id for d in batch[position + 1 :]]
+                with db.write_turn(session):
+                    _settle(session, result.verdict)
+                    _trip(session, [delivery.id, *rest], result.error, sender.settings)
+                outcome[result.verdict.target] += 1
+                outcome["paused"] += len(rest)
+                held = None
+                break
+            held = result
         last = _decided(session, held, sender, outcome)
         with db.write_turn(session):
             _settle(session, last)
@@ -240,9 +262,9 @@ def _give_back(session: Session, delivery_ids: Sequence[int], reason: str) -> No
 
 def _send_one(
     session: Session, delivery: Delivery, sender: Sender, held: Held, outcome: Counter[str]
-) -> Held:
+) -> Held | _Cut:
     """One message: prepare it; claim it with what `held` came to, and commit; hand it to the
-    server. Returns what is held for the next claim to write."""
+    server. Returns what is held for the next claim to write, or the batch cut short."""
     delivery_id = delivery.id
     spec = kept_spec(delivery)
     fresh = spec is None
@@ -304,6 +326,9 @@ def _send_one(
     try:
         refused_rcpts = transport.ready()
         transport.transmit()
+    except Unreachable as exc:  # nothing was sent, and the server is not the recipient's
+        verdict = _defer(session, delivery_id, attempt, f"not sent: {exc}", settings)
+        return _Cut(verdict, exc.error)
     except (SmtpError, ConfigError) as exc:  # nothing was sent
         return _failure(session, delivery_id, attempt, exc, settings)
     return _Owed(delivery, attempt, refused_rcpts)

@@ -33,6 +33,7 @@ from outreach.errors import (
     SmtpError,
     TransientSmtpError,
     UncertainSmtpError,
+    Unreachable,
 )
 
 if TYPE_CHECKING:
@@ -113,6 +114,7 @@ class SmtpClient:
         self._timeout, self._local_hostname = timeout, local_hostname
         self._tls = None if security == "plain" else _tls_context(ca_bundle)
         self._conn: smtplib.SMTP | None = None
+        self._was_open = False  # a connection was had once: a failure to connect again is news
         self._begun: _Begun | None = None  # the message between `begin` and `transmit`
         self._owed_size: int | None = None  # the size of a message whose answer is owed
 
@@ -211,7 +213,8 @@ class SmtpClient:
         """The server's replies to the begun message's commands: the recipients it refused
         while it accepted others, the server then waiting for the content. Raises an SmtpError
         when the message cannot go (nothing of it was sent). On a connection the server closed
-        meanwhile, the commands go once more over a new one."""
+        meanwhile, the commands go once more over a new one; Unreachable if none can be had
+        (a first connection's failure is raised as `open` raises it)."""
         begun = self._begun
         if begun is None:
             raise RuntimeError("ready() without begin()")
@@ -270,7 +273,13 @@ class SmtpClient:
     def _accepted(self, begun: _Begun) -> dict[str, tuple[int, bytes]]:
         """smtplib's sendmail up to the content, step by step: every failure here is before
         anything of the message was sent."""
-        conn = self._connection()
+        try:
+            conn = self._connection()
+        except OutreachError as exc:
+            if not self._was_open:  # the first connection: its own error, as `open` raises it
+                raise
+            self._begun = None  # a connection lost, not had again: not this message's fault
+            raise Unreachable(exc) from exc
         replies = begun.replies
         try:
             if replies is None or replies.conn is not conn:  # not started, or on a lost one
@@ -316,6 +325,7 @@ class SmtpClient:
         """The open connection, or a new one."""
         if self._conn is None:
             self._conn = self._open()
+            self._was_open = True
         return self._conn
 
     def _discard(self) -> None:

@@ -4,6 +4,8 @@ what becomes of a message when the claim misses or the answer goes wrong in that
 
 from __future__ import annotations
 
+import threading
+import time
 from collections import Counter
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -13,10 +15,10 @@ from sqlalchemy import select
 
 from outreach import campaigns, db, dispatch, registry, sending, suppression
 from outreach.config import Settings, load_settings
-from outreach.models import Campaign, Delivery, Status
+from outreach.models import Campaign, CampaignState, Delivery, Status
 from outreach.smtp import SmtpClient
 from outreach.throttle import LocalThrottle
-from tests.smtpd import RecordingServer
+from tests.smtpd import BadServer, RecordingServer
 
 RECIPIENTS = Path(__file__).resolve().parents[1] / "templates/open_letter/recipients.csv"
 MONDAY_NOON = datetime(2026, 12, 7, 11, 0, tzinfo=UTC)
@@ -104,6 +106,46 @@ def test_no_answer_to_a_message_with_the_next_one_begun(
     assert outcome == {Status.SENT: 3, Status.UNKNOWN: 1}
     assert received(server) == [a for _, a in queued[1:]]
     assert statuses(database_url)[queued[0][1]] == Status.UNKNOWN
+
+
+def test_a_server_that_refuses_us_mid_batch_pauses_the_rest(
+    database_url: str, queued: list[tuple[int, str]]
+) -> None:
+    """After the first message the server goes, and what answers on its port greets with 554.
+    The second message was claimed, but its recipient is not why it cannot go: it is deferred,
+    not failed; the rest of the batch goes back to pending and the campaign is paused for the
+    team, as when no connection could be had at the batch's start. Without this, each of the
+    rest was claimed in turn and failed for good."""
+    server = RecordingServer().start()
+    refusing: list[BadServer] = []
+
+    def replace_the_server() -> None:  # once the first message is answered
+        time.sleep(0.2)
+        server.stop()
+        refusing.append(BadServer("554 5.7.1 access denied", port=server.port).start())
+
+    server.on_data(queued[0][1], lambda _: threading.Thread(target=replace_the_server).start())
+    settings = load_settings(**server.settings_overrides(), rate_per_second=1)  # a second's gap
+    try:
+        with SmtpClient.from_settings(settings) as transport:
+            sender = sending.Sender(transport, settings, sending.KitCache(), LocalThrottle())
+            ids = [i for i, _ in queued]
+            outcome = sending.send_batch(db.session_factory(database_url), ids, sender)
+    finally:
+        for bad in refusing:
+            bad.stop()
+    assert outcome == {Status.SENT: 1, Status.DEFERRED: 1, "paused": 2}
+    assert received(server) == [queued[0][1]] and refusing[0].connections == 1
+    addresses = [a for _, a in queued]
+    assert [statuses(database_url)[a] for a in addresses] == [
+        Status.SENT, Status.DEFERRED, Status.PENDING, Status.PENDING
+    ]  # fmt: skip
+    with db.session_scope(database_url) as session:
+        campaign = session.scalars(select(Campaign)).one()
+        assert campaign.state == CampaignState.PAUSED and campaign.resume_at is None
+        assert "554 5.7.1 access denied" in campaign.paused_reason
+        deferred = session.get(Delivery, queued[1][0])
+        assert deferred is not None and "not sent: cannot reconnect" in deferred.last_error
 
 
 def test_own_address_refused_then_no_answer_is_failed_not_unknown(

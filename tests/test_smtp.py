@@ -21,9 +21,10 @@ from outreach.errors import (
     PermanentSmtpError,
     TransientSmtpError,
     UncertainSmtpError,
+    Unreachable,
 )
 from outreach.smtp import SmtpClient, _path, classify
-from tests.smtpd import PASSWORD, USERNAME, Pki, RecordingServer
+from tests.smtpd import PASSWORD, USERNAME, BadServer, Pki, RecordingServer
 
 SENDER = "office@odfoundation.example"
 TO = "minister@gov.example"
@@ -239,32 +240,39 @@ def test_a_message_begun_then_aborted_sends_nothing_of_it(smtp_server: Recording
     assert smtp_server.connections == (2 if smtp_server.pipelining else 1)
 
 
-def test_silence_after_the_dot_with_the_next_message_begun(smtp_server: RecordingServer) -> None:
-    """The server hangs up instead of answering the first message, after the second one's
-    commands went out: the first is uncertain, the second goes over a new connection."""
-    smtp_server.drop_at_data(TO, times=1)
-    with client_for(smtp_server) as client:
-        start(client, TO)
-        client.begin(sender=SENDER, recipients=[OTHER], data=MESSAGE)
-        with pytest.raises(UncertainSmtpError, match="may have been accepted"):
-            client.answer()
-        assert client.ready() == {}
-        client.transmit()
-        client.answer()
-    assert [m.rcpt_tos for m in smtp_server.messages] == [[OTHER]]
-    assert smtp_server.connections == 2
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelining", "lockstep"])
+def test_a_server_that_refuses_us_on_reconnecting_is_unreachable(pipelining: bool) -> None:
+    """The server closed the connection between two messages and greets the new one with 554:
+    the second message is not refused (its recipient is not why), the server is unreachable."""
+    server = RecordingServer(pipelining=pipelining).start()
+    with client_for(server) as client:
+        assert send(client) == {}
+        server.stop()  # closes the connection, frees the port
+        with BadServer(greeting="554 5.7.1 access denied", port=server.port) as refusing:
+            client.begin(sender=SENDER, recipients=[OTHER], data=MESSAGE)
+            with pytest.raises(Unreachable) as caught:
+                client.ready()
+        assert isinstance(caught.value.error, PermanentSmtpError)
+        assert "554 5.7.1 access denied" in str(caught.value)
+        assert refusing.connections == 1
+    assert [m.rcpt_tos for m in server.messages] == [[TO]]
 
 
-def test_reset_after_the_dot_fails_the_next_messages_commands(
-    smtp_server: RecordingServer,
+@pytest.mark.parametrize("hangup", ["close", "reset"])
+def test_silence_after_the_dot_with_the_next_message_begun(
+    smtp_server: RecordingServer, hangup: str
 ) -> None:
-    """The server resets the connection instead of answering the first message: writing the
-    second one's commands fails (smtplib then closes its socket), and the first is still
-    uncertain, not an error of the client's own; the second goes over a new connection."""
-    smtp_server.reset_at_data(TO, times=1)
+    """The server hangs up instead of answering the first message: closing after the second
+    one's commands went out, or resetting before (writing them then fails, and smtplib closes
+    its socket). The first is uncertain either way, the second goes over a new connection."""
+    if hangup == "close":
+        smtp_server.drop_at_data(TO, times=1)
+    else:
+        smtp_server.reset_at_data(TO, times=1)
     with client_for(smtp_server) as client:
         start(client, TO)
-        time.sleep(0.5)  # the reset arrives before the next commands are written
+        if hangup == "reset":
+            time.sleep(0.5)  # the reset arrives before the next commands are written
         client.begin(sender=SENDER, recipients=[OTHER], data=MESSAGE)
         with pytest.raises(UncertainSmtpError, match="may have been accepted"):
             client.answer()
