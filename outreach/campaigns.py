@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from email.utils import parseaddr
 from pathlib import Path
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
@@ -140,7 +139,7 @@ def _roles(
 
 def message_domain(campaign: Campaign, settings: Settings) -> str:
     """The right-hand side of this campaign's Message-IDs."""
-    return settings.message_id_domain or _address(campaign.sender).rpartition("@")[2]
+    return settings.message_id_domain or parse_address("From", campaign.sender).domain
 
 
 def create_deliveries(session: Session, campaign: Campaign, settings: Settings) -> int:
@@ -396,7 +395,3 @@ def _address_for(recipient: Recipient | _Reach, channel: Channel, settings: Sett
     if channel == Channel.FAX:
         return fax_address(recipient.fax, settings)
     return recipient.email or ""
-
-
-def _address(value: str) -> str:
-    return parseaddr(value)[1]
